@@ -1,0 +1,1 @@
+"""aggregator: placeholder package (built by a later issue)."""

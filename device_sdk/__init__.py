@@ -1,0 +1,1 @@
+"""device_sdk: placeholder package (built by a later issue)."""

@@ -1,0 +1,1 @@
+"""export: placeholder package (built by a later issue)."""
