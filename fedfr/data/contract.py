@@ -59,7 +59,8 @@ class InputContract:
             raise ValueError(f"expected uint8 images, got dtype {arr.dtype}")
         if arr.shape[1:3] != self.size:
             raise ValueError(
-                f"expected {self.height}x{self.width} aligned faces, got {arr.shape[1]}x{arr.shape[2]}"
+                f"expected {self.height}x{self.width} aligned faces, "
+                f"got {arr.shape[1]}x{arr.shape[2]}"
             )
         out = (arr.astype(np.float32) - self.mean) / self.std
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

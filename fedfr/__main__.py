@@ -1,0 +1,5 @@
+import sys
+
+from fedfr.cli import main
+
+sys.exit(main())

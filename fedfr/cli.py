@@ -1,0 +1,305 @@
+"""``fedfr`` command line: thin wrappers (parse -> call a library function -> print).
+
+Exit codes: 0 success; 1 bad input or a failed run (the message says what and how to fix it);
+2 wrong usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedfr import __version__
+from fedfr.errors import FedFRError
+
+log = logging.getLogger("fedfr")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _write_json(path: Path, obj: object) -> None:
+    from fedfr.data.images import write_bytes_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(o: object) -> object:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from fedfr.data.synthetic import synthesize
+
+    manifest = synthesize(args.profile, args.out, seed=args.seed, workers=args.workers,
+                          overwrite=args.overwrite, progress=not args.json)
+    _summary_of_dataset(Path(manifest).parent, as_json=args.json)
+    return EXIT_OK
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    _summary_of_dataset(Path(args.path), as_json=args.json)
+    return EXIT_OK
+
+
+def _summary_of_dataset(root: Path, *, as_json: bool) -> None:
+    from fedfr.data.manifest import SyntheticDataset
+
+    ds = SyntheticDataset.load(root)
+    info = {
+        "root": str(root),
+        "profile": ds.profile,
+        "seed": ds.seed,
+        "public": {"images": len(ds.public), "identities": ds.num_public_classes},
+        "devices": len(ds.devices),
+        "device_images": {
+            "train": sum(len(d.train) for d in ds.devices),
+            "test": sum(len(d.test) for d in ds.devices),
+            "strangers": sum(len(d.strangers) for d in ds.devices),
+        },
+        "eval": {"images": len(ds.eval.images), "pairs": len(ds.eval.pairs)},
+        "eval_devices": {"images": len(ds.eval_devices.images),
+                         "pairs": len(ds.eval_devices.pairs)},
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"synthetic data set '{ds.profile}' (seed {ds.seed}) at {root}")
+        print(f"  public:       {info['public']['images']} images of "
+              f"{info['public']['identities']} identities")
+        di = info["device_images"]
+        print(f"  devices:      {info['devices']} ({di['train']} train, {di['test']} test, "
+              f"{di['strangers']} stranger images)")
+        print(f"  eval:         {info['eval']['images']} images, {info['eval']['pairs']} pairs")
+        print(f"  eval_devices: {info['eval_devices']['images']} images, "
+              f"{info['eval_devices']['pairs']} pairs")
+
+
+# --------------------------------------------------------------------------- pretrain
+
+
+def _pretrain_config(args: argparse.Namespace):
+    from fedfr.heads import MarginConfig
+    from fedfr.train.pretrain import PretrainConfig
+
+    return PretrainConfig(
+        arch=args.arch, embedding_size=args.embedding_size,
+        margin=MarginConfig.preset(args.margin), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        amp=not args.no_amp,
+    )
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fedfr.data.sources import load_training_set
+    from fedfr.train.pretrain import pretrain
+
+    cfg = _pretrain_config(args)  # validate before the (slow) data load
+    data = load_training_set(args.data)
+    log.info("training set %s: %d images, %d classes", data.description, len(data.labels),
+             data.num_classes)
+    result = pretrain(data.images, data.labels, cfg, args.out,
+                      metadata={"data": data.description}, progress=not args.json)
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "data": data.description,
+        "images": len(data.labels),
+        "classes": data.num_classes,
+        "seconds": round(result.seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "final": result.history[-1],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        last = result.history[-1]
+        print(f"saved {result.checkpoint} ({cfg.arch}, {data.num_classes} classes) after "
+              f"{cfg.epochs} epochs in {result.seconds:.1f}s "
+              f"({result.images_per_second:.0f} img/s); final loss {last['loss']:.4f}, "
+              f"train accuracy {last['train_accuracy']:.4f}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, *, arch: str | None = None,
+                        device: str = "auto", flip: bool = False) -> dict:
+    """Evaluate a checkpoint on a synthetic benchmark folder or a ``.bin`` pair file.
+
+    Writes ``out/eval.json``, ``out/eval.md`` (the table) and ``out/roc.png``; returns the
+    report (with a ``table`` entry holding the Markdown table).
+    """
+    from fedfr.checkpoint import load_backbone, read_checkpoint
+    from fedfr.data.manifest import SyntheticDataset, is_synthetic_dataset
+    from fedfr.evaluation import (
+        backbone_embedder,
+        evaluate_dataset,
+        format_table,
+        summarize,
+        table_rows,
+    )
+    from fedfr.train.runtime import resolve_device
+
+    dev = resolve_device(device)
+    if arch is None:
+        arch = read_checkpoint(checkpoint).arch
+    backbone = load_backbone(checkpoint, arch).to(dev)
+    from fedfr.backbones import get_backbone_spec
+
+    embed = backbone_embedder(backbone, get_backbone_spec(arch).contract, device=dev, flip=flip)
+    if data.is_dir() and is_synthetic_dataset(data):
+        report, curves = evaluate_dataset(embed, SyntheticDataset.load(data))
+        rows = table_rows(report)
+    elif data.suffix == ".bin":
+        from fedfr.data.verification_bin import load_verification_bin, pairs_from_issame
+        from fedfr.evaluation import pairs_report
+        from fedfr.metrics import pair_scores
+
+        vs = load_verification_bin(data)
+        emb = embed(vs.images)
+        pairs = pairs_from_issame(len(vs.issame))
+        report = {data.stem: {"verification": pairs_report(emb, pairs, vs.issame),
+                              "identification": {}}}
+        curves = {data.stem: (pair_scores(emb, pairs), vs.issame)}
+        rows = {data.stem: summarize(report[data.stem])}
+    else:
+        raise FedFRError(f"{data}: expected a synthetic data set folder or a verification .bin")
+    report["checkpoint"] = str(checkpoint)
+    report["arch"] = arch
+    report["data"] = str(data)
+    table = format_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "eval.json", report)
+    (out / "eval.md").write_text(table + "\n")
+    try:
+        from fedfr.plots import plot_roc
+
+        plot_roc(curves, out / "roc.png", title=f"{arch}: {checkpoint.name}")
+    except ImportError:
+        log.warning("matplotlib not installed: no ROC plot (pip install 'fedfr[plot]')")
+    report["table"] = table
+    return report
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    report = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), Path(args.out),
+                                 arch=args.arch, device=args.device, flip=args.flip)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2,
+                         default=_jsonable))
+    else:
+        print(report["table"])
+        print(f"\nwrote {args.out}/eval.json, eval.md, roc.png")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fedfr.demo import run_demo
+
+    result = run_demo(Path(args.workdir), profile=args.profile, arch=args.arch,
+                      epochs=args.epochs, seed=args.seed, device=args.device,
+                      progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2,
+                         default=_jsonable))
+    else:
+        print(result["table"])
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedfr", description="FedFR core library tools.")
+    p.add_argument("--version", action="version", version=f"fedfr {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_cmd", required=True)
+    s = data.add_parser("synth", help="write a synthetic face benchmark (image folders + manifest)")
+    s.add_argument("--profile", default="tiny", help="tiny | small | paper")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+    i = data.add_parser("info", help="describe a synthetic data set folder")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_data_info)
+
+    t = sub.add_parser("pretrain", help="pretrain a backbone + public class embeddings")
+    t.add_argument("--data", required=True,
+                   help="synthetic data set folder, image folder identity/*.jpg, or train.rec")
+    t.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    t.add_argument("--arch", default="mbf")
+    t.add_argument("--embedding-size", type=int, default=None)
+    t.add_argument("--margin", default="cosface", help="cosface | arcface | combined | ...")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_pretrain)
+
+    e = sub.add_parser("eval", help="generic 1:1 and 1:N evaluation of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="our .safetensors or arcface_torch .pth")
+    e.add_argument("--arch", default=None, help="required for arcface_torch .pth files")
+    e.add_argument("--data", required=True, help="synthetic data set folder or a .bin pair file")
+    e.add_argument("--out", required=True, help="directory for eval.json, eval.md, roc.png")
+    e.add_argument("--flip", action="store_true", help="add the flipped image's embedding")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="synthesize, pretrain briefly, evaluate, print the table")
+    d.add_argument("--workdir", default="runs/demo")
+    d.add_argument("--profile", default="tiny")
+    d.add_argument("--arch", default="mbf_tiny")
+    d.add_argument("--epochs", type=int, default=None, help="default: per profile")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FedFRError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"fedfr: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fedfr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

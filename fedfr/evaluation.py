@@ -1,0 +1,227 @@
+"""The evaluation protocol: generic (identities seen by nobody) and per-device metrics.
+
+Generic: the global backbone on the evaluation identities — 1:1 verification on the split's
+pair list (TAR@FAR, EER, 10-fold accuracy) and open-set 1:N (rank-1 over known probes,
+DIR@FPIR with probes of identities that are not enrolled).
+
+Per device ("personalized" when the embedding function is the device's own recognizer): the
+device's registered identities are enrolled from its *train* images (one template per identity:
+mean of L2-normalized embeddings, re-normalized); probes are its held-out *test* images plus
+images of *strangers* in the same camera domain, who must be rejected. 1:1 uses every pair among
+test and stranger images except stranger-stranger pairs. Device metrics are averaged over devices.
+
+An embedding function maps uint8 (N, 112, 112, 3) RGB crops to float32 (N, D) L2-normalized
+embeddings; :func:`backbone_embedder` makes one from a backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedfr.metrics import (
+    build_templates,
+    identification_report,
+    pair_scores,
+    verification_report,
+)
+
+if TYPE_CHECKING:
+    from fedfr.data.manifest import DeviceSplit, EvalSplit
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_FARS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+DEFAULT_FPIRS: tuple[float, ...] = (1e-1, 1e-2)
+
+
+def backbone_embedder(backbone, contract, *, device="cpu", batch_size=256, flip=False) -> EmbedFn:
+    """An :data:`EmbedFn` running ``backbone`` (put in eval mode) with :func:`embed_images`."""
+    from fedfr.train.embedding import embed_images
+
+    backbone.eval()
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return embed_images(backbone, images, contract=contract, device=device,
+                            batch_size=batch_size, flip=flip)
+
+    return embed
+
+
+def _rate_key(rate: float) -> str:
+    return f"{rate:.0e}"
+
+
+def pairs_report(emb: np.ndarray, pairs: np.ndarray, issame: np.ndarray,
+                 fars: Sequence[float] = DEFAULT_FARS) -> dict:
+    """1:1 metrics (:func:`~fedfr.metrics.verification_report`) of (M, 2) index pairs into
+    (N, D) embeddings; FAR keys formatted as ``"1e-03"``."""
+    rep = verification_report(pair_scores(emb, pairs), issame, fars)
+    rep["tar_at_far"] = {_rate_key(f): v for f, v in rep["tar_at_far"].items()}
+    rep["threshold_at_far"] = {_rate_key(f): v for f, v in rep["threshold_at_far"].items()}
+    return rep
+
+
+def _identification(gallery_emb, gallery_labels, probe_emb, probe_labels,
+                    fpirs: Sequence[float]) -> dict:
+    t_labels, templates = build_templates(gallery_emb, gallery_labels)
+    rep = identification_report(templates, t_labels, probe_emb, probe_labels, fpirs)
+    if isinstance(rep.get("dir_at_fpir"), dict):
+        rep["dir_at_fpir"] = {_rate_key(f): v for f, v in rep["dir_at_fpir"].items()}
+    return rep
+
+
+def evaluate_split(embed: EmbedFn, split: EvalSplit, *, fars: Sequence[float] = DEFAULT_FARS,
+                   fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
+    """Generic 1:1 and 1:N metrics of ``embed`` on an evaluation split."""
+    return split_report(embed(split.images.load()), split, fars=fars, fpirs=fpirs)
+
+
+def split_report(emb: np.ndarray, split: EvalSplit, *, fars: Sequence[float] = DEFAULT_FARS,
+                 fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
+    """:func:`evaluate_split` from precomputed (N, D) embeddings of ``split.images``."""
+    labels = np.asarray(split.images.labels)
+    return {
+        "num_images": len(emb),
+        "num_identities": len(np.unique(labels)),
+        "verification": pairs_report(emb, split.pairs, split.issame, fars),
+        "identification": _identification(emb[split.gallery], labels[split.gallery],
+                                          emb[split.probes], labels[split.probes], fpirs),
+    }
+
+
+def device_pairs(test_labels: np.ndarray, num_strangers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair among a device's test + stranger images, except stranger-stranger pairs.
+
+    Images are indexed test first, then strangers. Returns ``(pairs (M, 2) int64, issame (M,))``.
+    """
+    n_test = len(test_labels)
+    n = n_test + num_strangers
+    i, j = np.triu_indices(n, k=1)
+    keep = i < n_test  # i < j, so this drops exactly the stranger-stranger pairs
+    i, j = i[keep], j[keep]
+    same = np.zeros(len(i), dtype=bool)
+    both_test = j < n_test
+    same[both_test] = test_labels[i[both_test]] == test_labels[j[both_test]]
+    return np.stack([i, j], axis=1).astype(np.int64), same
+
+
+def evaluate_device(embed: EmbedFn, device: DeviceSplit, *,
+                    fars: Sequence[float] = DEFAULT_FARS,
+                    fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
+    """Local 1:1 and open-set 1:N metrics of ``embed`` on one device's data (see module doc)."""
+    e_train = embed(device.train.load())
+    e_test = embed(device.test.load())
+    e_str = embed(device.strangers.load())
+    y_train = np.asarray(device.train.labels, dtype=np.int64)
+    y_test = np.asarray(device.test.labels, dtype=np.int64)
+    # Strangers get labels no enrolled identity has, so they count as unknown probes.
+    _, y_str = np.unique(np.asarray(device.strangers.labels), return_inverse=True)
+    y_str = y_str.astype(np.int64) + int(max(y_train.max(), y_test.max())) + 1
+    pairs, same = device_pairs(y_test, len(e_str))
+    emb = np.concatenate([e_test, e_str])
+    return {
+        "device": device.name,
+        "verification": pairs_report(emb, pairs, same, fars),
+        "identification": _identification(e_train, y_train, emb,
+                                          np.concatenate([y_test, y_str]), fpirs),
+    }
+
+
+def mean_over_devices(reports: Sequence[dict]) -> dict[str, float | None]:
+    """The flat summary (see :func:`summarize`) averaged over devices; ``None`` where any
+    device cannot resolve a metric (too few impostor pairs for that FAR)."""
+    flats = [summarize(r) for r in reports]
+    out: dict[str, float | None] = {}
+    for key in flats[0]:
+        vals = [f.get(key) for f in flats]
+        out[key] = None if any(v is None for v in vals) else float(np.mean(vals))
+    return out
+
+
+def summarize(report: dict) -> dict[str, float | None]:
+    """A flat ``{metric: value}`` view of an :func:`evaluate_split`/:func:`evaluate_device`
+    report: ``tar@far=1e-03``, ``eer``, ``acc``, ``rank1``, ``dir@fpir=1e-02``."""
+    ver, ident = report["verification"], report["identification"]
+    out: dict[str, float | None] = {}
+    for k, v in ver["tar_at_far"].items():
+        out[f"tar@far={k}"] = v
+    out["eer"] = ver["eer"]
+    out["acc"] = ver["accuracy_mean"]
+    out["rank1"] = ident.get("rank1")
+    for k, v in ident.get("dir_at_fpir", {}).items():
+        out[f"dir@fpir={k}"] = v
+    return out
+
+
+def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT_FARS,
+                     fpirs: Sequence[float] = DEFAULT_FPIRS,
+                     device_embedders: Callable[[DeviceSplit], EmbedFn] | None = None,
+                     ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every metric of a synthetic benchmark data set (:class:`SyntheticDataset`).
+
+    Args:
+        embed: the generic model's embedding function.
+        device_embedders: the embedding function to use on each device (its personalized
+            recognizer); default: ``embed`` everywhere (the pretrained baseline).
+
+    Returns:
+        ``(report, curves)``: report has ``generic`` (evaluation identities, public domain),
+        ``generic_device_domains`` (evaluation identities in the devices' camera domains) and
+        ``devices`` (``mean`` summary and ``per_device`` reports); curves maps a name to
+        ``(scores, issame)`` for ROC plots.
+    """
+    report: dict = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, split in (("generic", dataset.eval), ("generic_device_domains",
+                                                     dataset.eval_devices)):
+        emb = embed(split.images.load())
+        report[name] = split_report(emb, split, fars=fars, fpirs=fpirs)
+        curves[name] = (pair_scores(emb, split.pairs), np.asarray(split.issame, dtype=bool))
+    per_device = [
+        evaluate_device(device_embedders(d) if device_embedders else embed, d, fars=fars,
+                        fpirs=fpirs)
+        for d in dataset.devices
+    ]
+    report["devices"] = {"mean": mean_over_devices(per_device), "per_device": per_device}
+    return report, curves
+
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("tar@far=1e-01", "TAR@1e-1"),
+    ("tar@far=1e-02", "TAR@1e-2"),
+    ("tar@far=1e-03", "TAR@1e-3"),
+    ("tar@far=1e-04", "TAR@1e-4"),
+    ("eer", "EER"),
+    ("acc", "Acc(10f)"),
+    ("rank1", "Rank-1"),
+    ("dir@fpir=1e-01", "DIR@1e-1"),
+    ("dir@fpir=1e-02", "DIR@1e-2"),
+)
+
+
+def format_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """A Markdown table: one row per named flat summary, the :data:`TABLE_COLUMNS` columns
+    ('—' where a metric is not resolvable with the available pairs)."""
+    head = "| model / split | " + " | ".join(t for _, t in TABLE_COLUMNS) + " |"
+    sep = "|---|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|"
+    lines = [head, sep]
+    for name, flat in rows.items():
+        cells = []
+        for key, _ in TABLE_COLUMNS:
+            v = flat.get(key)
+            cells.append("—" if v is None else f"{v:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_rows(report: dict, label: str = "") -> dict[str, dict[str, float | None]]:
+    """The three summary rows of an :func:`evaluate_dataset` report."""
+    prefix = f"{label} " if label else ""
+    return {
+        f"{prefix}generic (public domain)": summarize(report["generic"]),
+        f"{prefix}generic (device domains)": summarize(report["generic_device_domains"]),
+        f"{prefix}per-device (mean)": report["devices"]["mean"],
+    }
