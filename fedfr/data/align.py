@@ -41,7 +41,7 @@ ARCFACE_TEMPLATE_112.setflags(write=False)
 
 
 def arcface_template(size: int = 112) -> np.ndarray:
-    """The template for a ``size x size`` crop: :data:`ARCFACE_TEMPLATE_112` scaled by ``size/112``."""
+    """The template for a ``size x size`` crop: :data:`ARCFACE_TEMPLATE_112` * ``size / 112``."""
     if int(size) != size or size <= 0:
         raise ValueError(f"size must be a positive int, got {size!r}")
     return ARCFACE_TEMPLATE_112 * (float(size) / 112.0)

@@ -3,7 +3,8 @@
 Every reader in :mod:`fedfr.data` goes through :func:`decode_image`, so that PNG, JPEG and the
 image records inside RecordIO / verification ``.bin`` files all come out the same way (RGB, never
 BGR; grayscale, palette, RGBA and CMYK converted to RGB). EXIF orientation is *not* applied: the
-field's aligned-face datasets carry none, and OpenCV-based readers in other tools do not agree on it.
+field's aligned-face datasets carry none, and the OpenCV-based readers of other tools differ on
+it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ Format (dmlc-core ``recordio``, as used by ``mx.recordio.MXIndexedRecordIO``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -41,10 +42,10 @@ from fedfr.errors import DataFormatError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IRHeader",
     "IR_FORMAT",
     "IR_SIZE",
     "MAGIC",
+    "IRHeader",
     "RecordIODataset",
     "RecordIOReader",
     "encode_record",
@@ -83,8 +84,9 @@ class IRHeader(NamedTuple):
     id2: int
 
 
-def pack(label: float | Sequence[float] | np.ndarray, image_bytes: bytes, *, id: int = 0,
-         id2: int = 0) -> bytes:
+def pack(
+    label: float | Sequence[float] | np.ndarray, image_bytes: bytes, *, id: int = 0, id2: int = 0
+) -> bytes:
     """Build a record payload like ``mx.recordio.pack``.
 
     Args:
@@ -200,8 +202,8 @@ def _parse_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             if len(parts) != 2:
                 raise ValueError
-            key, off = int(parts[0]), int(parts[1])
-            if off < 0:
+            int(parts[0])
+            if int(parts[1]) < 0:
                 raise ValueError
         except ValueError:
             raise DataFormatError(
@@ -231,8 +233,12 @@ class RecordIOReader:
             malformed, or an offset lies past the end of the ``.rec``.
     """
 
-    def __init__(self, rec_path: str | os.PathLike[str],
-                 idx_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else _default_idx(self.rec_path)
         if not self.rec_path.is_file():
@@ -254,8 +260,11 @@ class RecordIOReader:
         sk = keys[order]
         if sk.size > 1 and (sk[1:] == sk[:-1]).any():
             keep_last = np.append(sk[1:] != sk[:-1], True)
-            logger.warning("%s: %d duplicate key(s); the last entry of each wins",
-                           self.idx_path, int((~keep_last).sum()))
+            logger.warning(
+                "%s: %d duplicate key(s); the last entry of each wins",
+                self.idx_path,
+                int((~keep_last).sum()),
+            )
             order = order[keep_last]
             kept = np.sort(order)
             keys, offsets = keys[kept], offsets[kept]
@@ -264,9 +273,6 @@ class RecordIOReader:
         self._offsets = offsets
         self._sorted_keys = keys[order]
         self._sorted_offsets = offsets[order]
-        self._fd: int | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
 
     # -- file handle -------------------------------------------------------------------------
     def _get_fd(self) -> int:
@@ -312,10 +318,8 @@ class RecordIOReader:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -423,7 +427,8 @@ class RecordIOReader:
         return unpack(payload)
 
     def __repr__(self) -> str:
-        return f"RecordIOReader({str(self.rec_path)!r}, records={len(self)})"
+        n = len(self) if hasattr(self, "key_array") else "?"
+        return f"RecordIOReader({str(self.rec_path)!r}, records={n})"
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -457,8 +462,9 @@ class RecordIODataset:
         DataFormatError: as :class:`RecordIOReader`, or if the header points at missing keys.
     """
 
-    def __init__(self, rec_path: str | os.PathLike[str],
-                 idx_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None
+    ) -> None:
         self.reader = RecordIOReader(rec_path, idx_path)
         self.header0: tuple[int, int] | None = None
         self._labels: np.ndarray | None = None
@@ -621,7 +627,8 @@ def write_recordio(
                     logger.warning(
                         "%s: %d class(es) have non-contiguous images; their identity records "
                         "span [first, last + 1) and include other classes' images",
-                        rec_path, len(noncontiguous),
+                        rec_path,
+                        len(noncontiguous),
                     )
                 first_id = n + 1
                 for c in range(num_classes):

@@ -88,8 +88,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> Any:
-        key = (module.decode() if isinstance(module, bytes) else module,
-               name.decode() if isinstance(name, bytes) else name)
+        key = (
+            module.decode() if isinstance(module, bytes) else module,
+            name.decode() if isinstance(name, bytes) else name,
+        )
         try:
             return self._allowed[key]
         except KeyError:
@@ -109,7 +111,7 @@ def _restricted_loads(data: bytes, source: str) -> Any:
 
 
 def pairs_from_issame(n: int) -> np.ndarray:
-    """Index pairs of a verification set with ``n`` pairs: int64 ``(n, 2)`` = ``[[0,1],[2,3],...]``."""
+    """Image index pairs of ``n`` verification pairs: int64 ``(n, 2)`` = ``[[0,1],[2,3],...]``."""
     n = int(n)
     if n < 0:
         raise ValueError(f"number of pairs must be >= 0, got {n}")
@@ -132,11 +134,13 @@ class VerificationSet:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (2N, H, W, 3), got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 (2N, H, W, 3), got {self.images.dtype} {self.images.shape}"
+            )
         if self.issame.ndim != 1 or self.issame.dtype != np.bool_:
-            raise ValueError(f"issame must be bool (N,), got {self.issame.dtype} "
-                             f"{self.issame.shape}")
+            raise ValueError(
+                f"issame must be bool (N,), got {self.issame.dtype} {self.issame.shape}"
+            )
         if self.images.shape[0] != 2 * self.issame.shape[0]:
             raise ValueError(f"{self.images.shape[0]} images for {self.issame.shape[0]} pairs")
 
