@@ -33,7 +33,7 @@ class GeneratorConfig:
     """
 
     family_size: int = 4
-    family_spread: float = 0.45
+    family_spread: float = 0.4
     pose: float = 1.0
     expression: float = 1.0
     lighting: float = 1.0
@@ -63,5 +63,7 @@ class GeneratorConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise FedFRError(f"unknown GeneratorConfig keys {sorted(unknown)}; known: {sorted(known)}")
+            raise FedFRError(
+                f"unknown GeneratorConfig keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**d)  # type: ignore[arg-type]
