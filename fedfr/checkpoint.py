@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 from fedfr.backbones import available_backbones, build_backbone, get_backbone_spec
 from fedfr.data.contract import InputContract
 from fedfr.errors import CheckpointError
+from fedfr.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -198,16 +198,8 @@ def save_checkpoint(
         }
     except TypeError as e:
         raise CheckpointError(f"checkpoint metadata must be JSON-serializable: {e}") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     logger.info("saved %s checkpoint (%d tensors) to %s", arch, len(tensors), path)
 
 

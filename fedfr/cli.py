@@ -21,25 +21,6 @@ log = logging.getLogger("fedfr")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def _write_json(path: Path, obj: object) -> None:
-    from fedfr.data.images import write_bytes_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
-
-
-def _jsonable(o: object) -> object:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (np.ndarray, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -138,71 +119,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, *, arch: str | None = None,
-                        device: str = "auto", flip: bool = False) -> dict:
-    """Evaluate a checkpoint on a synthetic benchmark folder or a ``.bin`` pair file.
-
-    Writes ``out/eval.json``, ``out/eval.md`` (the table) and ``out/roc.png``; returns the
-    report (with a ``table`` entry holding the Markdown table).
-    """
-    from fedfr.checkpoint import load_backbone, read_checkpoint
-    from fedfr.data.manifest import SyntheticDataset, is_synthetic_dataset
-    from fedfr.evaluation import (
-        backbone_embedder,
-        evaluate_dataset,
-        format_table,
-        summarize,
-        table_rows,
-    )
-    from fedfr.train.runtime import resolve_device
-
-    dev = resolve_device(device)
-    if arch is None:
-        arch = read_checkpoint(checkpoint).arch
-    backbone = load_backbone(checkpoint, arch).to(dev)
-    from fedfr.backbones import get_backbone_spec
-
-    embed = backbone_embedder(backbone, get_backbone_spec(arch).contract, device=dev, flip=flip)
-    if data.is_dir() and is_synthetic_dataset(data):
-        report, curves = evaluate_dataset(embed, SyntheticDataset.load(data))
-        rows = table_rows(report)
-    elif data.suffix == ".bin":
-        from fedfr.data.verification_bin import load_verification_bin, pairs_from_issame
-        from fedfr.evaluation import pairs_report
-        from fedfr.metrics import pair_scores
-
-        vs = load_verification_bin(data)
-        emb = embed(vs.images)
-        pairs = pairs_from_issame(len(vs.issame))
-        report = {data.stem: {"verification": pairs_report(emb, pairs, vs.issame),
-                              "identification": {}}}
-        curves = {data.stem: (pair_scores(emb, pairs), vs.issame)}
-        rows = {data.stem: summarize(report[data.stem])}
-    else:
-        raise FedFRError(f"{data}: expected a synthetic data set folder or a verification .bin")
-    report["checkpoint"] = str(checkpoint)
-    report["arch"] = arch
-    report["data"] = str(data)
-    table = format_table(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "eval.json", report)
-    (out / "eval.md").write_text(table + "\n")
-    try:
-        from fedfr.plots import plot_roc
-
-        plot_roc(curves, out / "roc.png", title=f"{arch}: {checkpoint.name}")
-    except ImportError:
-        log.warning("matplotlib not installed: no ROC plot (pip install 'fedfr[plot]')")
-    report["table"] = table
-    return report
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from fedfr.evaluation import evaluate_checkpoint
+    from fedfr.io import jsonable
+
     report = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), Path(args.out),
                                  arch=args.arch, device=args.device, flip=args.flip)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2,
-                         default=_jsonable))
+                         default=jsonable))
     else:
         print(report["table"])
         print(f"\nwrote {args.out}/eval.json, eval.md, roc.png")
@@ -214,13 +139,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedfr.demo import run_demo
+    from fedfr.io import jsonable
 
     result = run_demo(Path(args.workdir), profile=args.profile, arch=args.arch,
                       epochs=args.epochs, seed=args.seed, device=args.device,
                       progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2,
-                         default=_jsonable))
+                         default=jsonable))
     else:
         print(result["table"])
     return EXIT_OK

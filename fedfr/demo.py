@@ -25,10 +25,10 @@ def run_demo(workdir: Path, *, profile: str = "tiny", arch: str = "mbf_tiny",
     Files: ``workdir/data/<profile>-seed<seed>/`` (the data set),
     ``workdir/pretrained-<arch>.safetensors``, ``workdir/eval/`` (eval.json, eval.md, roc.png).
     """
-    from fedfr.cli import evaluate_checkpoint
     from fedfr.data.manifest import is_synthetic_dataset
     from fedfr.data.sources import load_training_set
     from fedfr.data.synthetic import get_profile, synthesize
+    from fedfr.evaluation import evaluate_checkpoint
     from fedfr.heads import MARGIN_PRESETS
     from fedfr.train.pretrain import PretrainConfig, pretrain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfr.data.images import write_bytes_atomic
+from fedfr.io import write_bytes_atomic
 from fedfr.metrics import roc_curve
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from fedfr.errors import DataFormatError
+from fedfr.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -140,25 +140,6 @@ def encode_image(img: np.ndarray, image_format: str = "jpeg", *, quality: int = 
     if fmt == "png":
         return encode_png(img)
     raise ValueError(f"unknown image format {image_format!r}; expected 'jpeg' or 'png'")
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + ``os.replace``.
-
-    A reader never sees a half-written file; on failure the temporary file is removed and the
-    previous content of ``path`` (if any) is untouched.
-    """
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image_atomic(path: str | os.PathLike[str], img: np.ndarray, *, quality: int = 95) -> None:

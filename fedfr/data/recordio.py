@@ -28,7 +28,6 @@ import math
 import numbers
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 from fedfr.data.images import decode_image, encode_image
 from fedfr.errors import DataFormatError
+from fedfr.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -576,12 +576,11 @@ def write_recordio(
     rec_path = Path(rec_path)
     idx_path = Path(idx_path) if idx_path is not None else _default_idx(rec_path)
     encode_image(np.zeros((1, 1, 3), np.uint8), image_format)  # validates image_format early
-    fd, rec_tmp = tempfile.mkstemp(prefix=f".{rec_path.name}.", suffix=".tmp", dir=rec_path.parent)
-    idx_tmp: str | None = None
-    try:
+    # The .idx is renamed into place after the .rec (the outer context exits last).
+    with atomic_path(idx_path) as idx_tmp, atomic_path(rec_path) as rec_tmp:
         index: list[tuple[int, int]] = []
         ranges: dict[int, list[int]] = {}
-        with os.fdopen(fd, "wb") as f:
+        with open(rec_tmp, "wb") as f:
 
             def put(key: int, payload: bytes) -> None:
                 index.append((key, f.tell()))
@@ -641,21 +640,7 @@ def write_recordio(
                     raise RuntimeError("RecordIO header record changed size")
                 f.seek(0)
                 f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
-        idx_fd, idx_tmp = tempfile.mkstemp(
-            prefix=f".{idx_path.name}.", suffix=".tmp", dir=idx_path.parent
-        )
-        with os.fdopen(idx_fd, "w", encoding="ascii", newline="\n") as g:
+        with open(idx_tmp, "w", encoding="ascii", newline="\n") as g:
             g.writelines(f"{k}\t{off}\n" for k, off in index)
-            g.flush()
-            os.fsync(g.fileno())
-        os.replace(rec_tmp, rec_path)
-        os.replace(idx_tmp, idx_path)
-    except BaseException:
-        Path(rec_tmp).unlink(missing_ok=True)
-        if idx_tmp is not None:
-            Path(idx_tmp).unlink(missing_ok=True)
-        raise
     logger.info("wrote %d images to %s (+ %s)", n, rec_path, idx_path)
     return n
