@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from fedfr import __version__
+from fedfr.placeholder import placeholder_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="device_sdk",
-        description="device_sdk of the FedFR platform. Subcommands: see README.md.",
-    )
-    parser.add_argument("--version", action="version", version=f"device_sdk {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    return placeholder_main("device_sdk", argv)
 
 
 if __name__ == "__main__":
