@@ -109,3 +109,10 @@ def test_eval_on_a_verification_bin(tiny, tmp_path, capsys):
     assert ver["num_genuine"] + ver["num_impostor"] == 40
     assert ver["num_genuine"] == int(np.sum(ds.eval.issame[:40]))
     assert (out / "roc.png").exists()
+
+
+@pytest.mark.parametrize("package", ["aggregator", "device_sdk"])
+def test_other_entry_points_answer_version(package):
+    proc = subprocess.run([sys.executable, "-m", package, "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{package} ")
