@@ -59,11 +59,11 @@ def _rate_key(rate: float) -> str:
     return f"{rate:.0e}"
 
 
-def pairs_report(emb: np.ndarray, pairs: np.ndarray, issame: np.ndarray,
+def pairs_report(scores: np.ndarray, issame: np.ndarray,
                  fars: Sequence[float] = DEFAULT_FARS) -> dict:
-    """1:1 metrics (:func:`~fedfr.metrics.verification_report`) of (M, 2) index pairs into
-    (N, D) embeddings; FAR keys formatted as ``"1e-03"``."""
-    rep = verification_report(pair_scores(emb, pairs), issame, fars)
+    """1:1 metrics (:func:`~fedfr.metrics.verification_report`) of (M,) pair scores and
+    their (M,) genuine flags; FAR keys formatted as ``"1e-03"``."""
+    rep = verification_report(scores, issame, fars)
     rep["tar_at_far"] = {_rate_key(f): v for f, v in rep["tar_at_far"].items()}
     rep["threshold_at_far"] = {_rate_key(f): v for f, v in rep["threshold_at_far"].items()}
     return rep
@@ -81,20 +81,25 @@ def _identification(gallery_emb, gallery_labels, probe_emb, probe_labels,
 def evaluate_split(embed: EmbedFn, split: EvalSplit, *, fars: Sequence[float] = DEFAULT_FARS,
                    fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
     """Generic 1:1 and 1:N metrics of ``embed`` on an evaluation split."""
-    return split_report(embed(split.images.load()), split, fars=fars, fpirs=fpirs)
+    return split_report(embed(split.images.load()), split, fars=fars, fpirs=fpirs)[0]
 
 
 def split_report(emb: np.ndarray, split: EvalSplit, *, fars: Sequence[float] = DEFAULT_FARS,
-                 fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
-    """:func:`evaluate_split` from precomputed (N, D) embeddings of ``split.images``."""
+                 fpirs: Sequence[float] = DEFAULT_FPIRS) -> tuple[dict, np.ndarray]:
+    """:func:`evaluate_split` from precomputed (N, D) embeddings of ``split.images``.
+
+    Returns ``(report, scores)`` — scores (M,) of ``split.pairs``, for ROC plots.
+    """
     labels = np.asarray(split.images.labels)
-    return {
+    scores = pair_scores(emb, split.pairs)
+    report = {
         "num_images": len(emb),
         "num_identities": len(np.unique(labels)),
-        "verification": pairs_report(emb, split.pairs, split.issame, fars),
+        "verification": pairs_report(scores, split.issame, fars),
         "identification": _identification(emb[split.gallery], labels[split.gallery],
                                           emb[split.probes], labels[split.probes], fpirs),
     }
+    return report, scores
 
 
 def device_pairs(test_labels: np.ndarray, num_strangers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +134,7 @@ def evaluate_device(embed: EmbedFn, device: DeviceSplit, *,
     emb = np.concatenate([e_test, e_str])
     return {
         "device": device.name,
-        "verification": pairs_report(emb, pairs, same, fars),
+        "verification": pairs_report(pair_scores(emb, pairs), same, fars),
         "identification": _identification(e_train, y_train, emb,
                                           np.concatenate([y_test, y_str]), fpirs),
     }
@@ -183,8 +188,8 @@ def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT
     for name, split in (("generic", dataset.eval), ("generic_device_domains",
                                                      dataset.eval_devices)):
         emb = embed(split.images.load())
-        report[name] = split_report(emb, split, fars=fars, fpirs=fpirs)
-        curves[name] = (pair_scores(emb, split.pairs), np.asarray(split.issame, dtype=bool))
+        report[name], scores = split_report(emb, split, fars=fars, fpirs=fpirs)
+        curves[name] = (scores, np.asarray(split.issame, dtype=bool))
     per_device = [
         evaluate_device(device_embedders(d) if device_embedders else embed, d, fars=fars,
                         fpirs=fpirs)
@@ -258,10 +263,10 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, *, arch: str | 
 
         vs = load_verification_bin(data)
         emb = embed(vs.images)
-        pairs = pairs_from_issame(len(vs.issame))
-        report = {data.stem: {"verification": pairs_report(emb, pairs, vs.issame),
+        scores = pair_scores(emb, pairs_from_issame(len(vs.issame)))
+        report = {data.stem: {"verification": pairs_report(scores, vs.issame),
                               "identification": {}}}
-        curves = {data.stem: (pair_scores(emb, pairs), vs.issame)}
+        curves = {data.stem: (scores, vs.issame)}
         rows = {data.stem: summarize(report[data.stem])}
     else:
         raise DataFormatError(

@@ -94,13 +94,19 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         DataFormatError: naming ``path``, when it is missing, unreadable or not an image.
     """
     p = Path(path)
+    return decode_image(read_file_bytes(p, "image file"), source=str(p))
+
+
+def read_file_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of ``path``; a missing or unreadable file raises DataFormatError naming it
+    and ``what`` it was meant to be."""
+    p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError as exc:
-        raise DataFormatError(f"{p}: no such image file") from exc
+        raise DataFormatError(f"{p}: no such {what}") from exc
     except OSError as exc:
-        raise DataFormatError(f"{p}: cannot read image file: {exc}") from exc
-    return decode_image(data, source=str(p))
+        raise DataFormatError(f"{p}: cannot read {what}: {exc}") from exc
 
 
 def _check_image(img: np.ndarray) -> np.ndarray:

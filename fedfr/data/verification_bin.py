@@ -30,6 +30,7 @@ from fedfr.data.images import (
     decode_image,
     default_workers,
     encode_image,
+    read_file_bytes,
     resize_area,
     write_bytes_atomic,
 )
@@ -222,12 +223,7 @@ def load_verification_bin(
     p = Path(path)
     size = _check_size(image_size)
     assert size is not None
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataFormatError(f"{p}: verification .bin not found") from exc
-    except OSError as exc:
-        raise DataFormatError(f"{p}: cannot read verification .bin: {exc}") from exc
+    data = read_file_bytes(p, "verification .bin")
     bins, issame = _validate(_restricted_loads(data, str(p)), str(p))
     del data
 

@@ -165,17 +165,19 @@ def pretrain(
     head.train()
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(labels), generator=gen)
+        order_dev = order.to(device)  # one transfer per epoch, not per step
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            batch = data[idx.to(data.device)].to(device, non_blocking=True)
+            step = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+            idx = order_dev[step]
+            batch = data[idx if on_device else order[step]].to(device, non_blocking=True)
             x = preprocess(batch, spec.contract)
             if cfg.flip:
                 flip = torch.rand(len(idx), generator=gen).to(device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             x = x.contiguous(memory_format=fmt)
-            y = targets[idx.to(device)]
+            y = targets[idx]
             loss, cos = train_step(backbone, head, optimizer, x, y, cfg.margin, amp=cfg.amp)
             scheduler.step()
             loss_sum += loss * len(idx)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import torch
 
@@ -39,9 +38,3 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA (faster convolutions with tensor cores), contiguous on CPU."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def configure_cpu_threads() -> None:
-    """Respect ``OMP_NUM_THREADS`` if set; otherwise use every core torch sees."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -10,6 +10,14 @@ from fedfr.errors import FedFRError
 GENERATOR_VERSION = 1
 
 
+def check_known_keys(cls: type, d: dict[str, object]) -> None:
+    """Raise FedFRError naming the keys of ``d`` that are not fields of dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise FedFRError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Knobs that set how hard the synthetic data is. ``1.0`` is the calibrated default.
@@ -60,10 +68,5 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> GeneratorConfig:
         """Inverse of :meth:`to_dict`; unknown keys are rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FedFRError(
-                f"unknown GeneratorConfig keys {sorted(unknown)}; known: {sorted(known)}"
-            )
+        check_known_keys(cls, d)
         return cls(**d)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ the neutral public domain does worse on them, which is what on-device personaliz
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from fedfr.errors import FedFRError
 
 from . import _rng
+from .config import check_known_keys
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,7 @@ class DomainStyle:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DomainStyle:
         """Inverse of :meth:`to_dict`."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FedFRError(f"unknown DomainStyle keys {sorted(unknown)}; known: {sorted(known)}")
+        check_known_keys(cls, d)
         kw = dict(d)
         for k in ("gain", "bg_color"):
             if k in kw:
