@@ -122,6 +122,12 @@ def evaluate_device(embed: EmbedFn, device: DeviceSplit, *,
                     fars: Sequence[float] = DEFAULT_FARS,
                     fpirs: Sequence[float] = DEFAULT_FPIRS) -> dict:
     """Local 1:1 and open-set 1:N metrics of ``embed`` on one device's data (see module doc)."""
+    return _device_report(embed, device, fars, fpirs)[0]
+
+
+def _device_report(embed: EmbedFn, device: DeviceSplit, fars: Sequence[float],
+                   fpirs: Sequence[float]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """:func:`evaluate_device` plus the pair scores and genuine flags (for ROC curves)."""
     e_train = embed(device.train.load())
     e_test = embed(device.test.load())
     e_str = embed(device.strangers.load())
@@ -132,12 +138,14 @@ def evaluate_device(embed: EmbedFn, device: DeviceSplit, *,
     y_str = y_str.astype(np.int64) + int(max(y_train.max(), y_test.max())) + 1
     pairs, same = device_pairs(y_test, len(e_str))
     emb = np.concatenate([e_test, e_str])
-    return {
+    scores = pair_scores(emb, pairs)
+    report = {
         "device": device.name,
-        "verification": pairs_report(pair_scores(emb, pairs), same, fars),
+        "verification": pairs_report(scores, same, fars),
         "identification": _identification(e_train, y_train, emb,
                                           np.concatenate([y_test, y_str]), fpirs),
     }
+    return report, scores, same
 
 
 def mean_over_devices(reports: Sequence[dict]) -> dict[str, float | None]:
@@ -180,8 +188,9 @@ def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT
     Returns:
         ``(report, curves)``: report has ``generic`` (evaluation identities, public domain),
         ``generic_device_domains`` (evaluation identities in the devices' camera domains) and
-        ``devices`` (``mean`` summary and ``per_device`` reports); curves maps a name to
-        ``(scores, issame)`` for ROC plots.
+        ``devices`` (``mean`` summary and ``per_device`` reports); curves maps a name
+        (``generic``, ``generic_device_domains``, ``devices`` — every device's pairs pooled)
+        to ``(scores, issame)`` for ROC plots.
     """
     report: dict = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -190,11 +199,15 @@ def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT
         emb = embed(split.images.load())
         report[name], scores = split_report(emb, split, fars=fars, fpirs=fpirs)
         curves[name] = (scores, np.asarray(split.issame, dtype=bool))
-    per_device = [
-        evaluate_device(device_embedders(d) if device_embedders else embed, d, fars=fars,
-                        fpirs=fpirs)
-        for d in dataset.devices
-    ]
+    per_device, dev_scores, dev_same = [], [], []
+    for d in dataset.devices:
+        rep, scores, same = _device_report(device_embedders(d) if device_embedders else embed,
+                                           d, fars, fpirs)
+        per_device.append(rep)
+        dev_scores.append(scores)
+        dev_same.append(same)
+    # Pooled over devices: each device's pairs are scored by its own recognizer.
+    curves["devices"] = (np.concatenate(dev_scores), np.concatenate(dev_same))
     report["devices"] = {"mean": mean_over_devices(per_device), "per_device": per_device}
     return report, curves
 

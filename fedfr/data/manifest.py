@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "DeviceSplit",
     "EvalSplit",
     "ImageSet",
+    "InMemoryImageSet",
     "SyntheticDataset",
     "is_synthetic_dataset",
 ]
@@ -68,6 +69,26 @@ class ImageSet:
         from fedfr.data.images import load_images
 
         return load_images(self.files, workers=workers)
+
+    def in_memory(self, *, workers: int | None = None) -> InMemoryImageSet:
+        """A copy whose :meth:`load` returns the images decoded once, here (read-only)."""
+        pixels = self.load(workers=workers)
+        pixels.flags.writeable = False
+        return InMemoryImageSet(self.root, self.paths, self.labels, self.identity_ids,
+                                self.image_indices, pixels)
+
+
+@dataclass(frozen=True, eq=False)
+class InMemoryImageSet(ImageSet):
+    """An :class:`ImageSet` holding its decoded uint8 ``(N, H, W, 3)`` pixels (read-only)."""
+
+    pixels: np.ndarray | None = None
+
+    def load(self, *, workers: int | None = None) -> np.ndarray:
+        return self.pixels
+
+    def in_memory(self, *, workers: int | None = None) -> InMemoryImageSet:
+        return self
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +193,21 @@ class SyntheticDataset:
         if check_files:
             _check_files(ds)
         return ds
+
+    def in_memory(self, *, workers: int | None = None) -> SyntheticDataset:
+        """A copy with every image set decoded once into memory (repeated evaluations and
+        training then never touch the PNGs again)."""
+        def dev(d: DeviceSplit) -> DeviceSplit:
+            return replace(d, train=d.train.in_memory(workers=workers),
+                           test=d.test.in_memory(workers=workers),
+                           strangers=d.strangers.in_memory(workers=workers))
+
+        def ev(e: EvalSplit) -> EvalSplit:
+            return replace(e, images=e.images.in_memory(workers=workers))
+
+        return replace(self, public=self.public.in_memory(workers=workers),
+                       devices=tuple(dev(d) for d in self.devices), eval=ev(self.eval),
+                       eval_devices=ev(self.eval_devices))
 
     def image_sets(self) -> dict[str, ImageSet]:
         """Every image list by a readable name (``"devices/device_000/train"``...)."""

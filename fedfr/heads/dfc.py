@@ -1,0 +1,94 @@
+"""Decoupled Feature Customization (DFC): the personalized head of FedFR.
+
+A device's personalized recognizer is its local backbone followed by a *converter*, a D x D
+linear map initialized to the identity, trained with one binary classifier per local identity
+(FedFR, AAAI 2022). The binary classifiers are normalized weight rows; the loss on cosine
+``c = cos(converter(f), b_k)`` of a converted feature with classifier ``k`` is a margin
+binary cross-entropy::
+
+    positive (image of identity k):  -lam       * log sigmoid(r * (c - m))
+    negative (any other image):      -(1 - lam) * log(1 - sigmoid(r * (c + m)))
+
+summed over the local identities and averaged over images; public images are negatives for
+every local identity. Defaults: ``lam=0.7, r=30, m=0.4`` (the paper's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedfr.heads.classifier import cosine_logits
+
+
+@dataclass(frozen=True)
+class BinaryMarginConfig:
+    """Parameters of :func:`binary_margin_loss` (positive weight, scale, margin)."""
+
+    pos_weight: float = 0.7
+    scale: float = 30.0
+    margin: float = 0.4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pos_weight <= 1.0 or not self.scale > 0 or self.margin < 0:
+            raise ValueError(f"need 0 <= pos_weight <= 1, scale > 0, margin >= 0: {self}")
+
+
+def binary_margin_loss(cos: torch.Tensor, labels: torch.Tensor,
+                       cfg: BinaryMarginConfig = BinaryMarginConfig()) -> torch.Tensor:
+    """The DFC loss of (N, K) cosines to K binary classifiers (see module doc).
+
+    Args:
+        cos: (N, K) cosines in [-1, 1].
+        labels: (N,) int64 local identity in ``0..K-1``, or -1 for an image of none of them
+            (a public negative).
+
+    Returns:
+        Scalar: the per-image sum over classifiers, averaged over the N images.
+    """
+    if cos.ndim != 2 or labels.shape != (cos.shape[0],):
+        raise ValueError(f"need cos (N, K) and labels (N,); got {tuple(cos.shape)}, "
+                         f"{tuple(labels.shape)}")
+    if labels.numel() and int(labels.max()) >= cos.shape[1]:
+        raise ValueError(f"label {int(labels.max())} out of range for {cos.shape[1]} classifiers")
+    cos = cos.float()
+    target = torch.zeros_like(cos, dtype=torch.bool)
+    rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
+    target[rows, labels[rows]] = True
+    pos = cfg.pos_weight * F.softplus(-cfg.scale * (cos - cfg.margin))  # -log sigmoid(x)
+    neg = (1.0 - cfg.pos_weight) * F.softplus(cfg.scale * (cos + cfg.margin))  # -log(1-sig)
+    return torch.where(target, pos, neg).sum(dim=1).mean()
+
+
+class DFCHead(nn.Module):
+    """Converter (D x D, identity at start) + K normalized binary classifiers.
+
+    Args:
+        embedding_size: D.
+        num_classes: K, the device's local identities.
+        classifiers: optional (K, D) initial classifier rows (e.g. class-mean features).
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int,
+                 classifiers: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.converter = nn.Linear(embedding_size, embedding_size, bias=False)
+        with torch.no_grad():
+            self.converter.weight.copy_(torch.eye(embedding_size))
+        init = (torch.empty(num_classes, embedding_size).normal_(0, 0.01)
+                if classifiers is None else classifiers.detach().clone().float())
+        if tuple(init.shape) != (num_classes, embedding_size):
+            raise ValueError(f"classifiers must be ({num_classes}, {embedding_size}), "
+                             f"got {tuple(init.shape)}")
+        self.classifiers = nn.Parameter(init)
+
+    def convert(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) features -> (N, D) converted features (not normalized)."""
+        return self.converter(features.float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) backbone features -> (N, K) cosines of converted features to classifiers."""
+        return cosine_logits(self.convert(features), self.classifiers)

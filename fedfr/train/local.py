@@ -1,0 +1,651 @@
+"""The FedFR local step: one device's training in one round (PRODUCT.md §2, steps 2-4).
+
+:func:`local_round` is the one implementation the research harness, the device SDK and the
+benchmarks call. Given the global model (numpy arrays, as downloaded), the device's images and
+its private state from the previous round, it
+
+1. embeds the local images with the **frozen global model** once (both flips when flip
+   augmentation is on) — these features serve hard-negative mining, the initialization of new
+   identity weights and the contrastive regularizer's positives;
+2. **mines hard negatives** from the public pack: public images (or, for the embedding-only
+   pack, public class embedding rows) whose cosine to any local feature exceeds the threshold;
+3. embeds the training set once with the **frozen previous local model** (the contrastive
+   regularizer's negatives), so no frozen network runs inside the training loop;
+4. trains with SGD for the round's adaptive number of epochs on: CosFace over [local identity
+   weights ‖ public rows of the mined classes] + ``dfc_weight`` x DFC binary loss +
+   ``contrastive_mu`` x contrastive regularizer + FedProx's proximal term (each term off when
+   its weight is 0);
+5. returns the :class:`~fedfr.fl.SharedUpdate` (backbone + the public rows it trained) and the
+   new :class:`PrivateState` (identity weights, converter and binary classifiers, the trained
+   backbone = next round's "previous local model" and this device's personalized backbone).
+
+Round 0 (no previous local model): the contrastive term is **omitted**. MOON's alternative —
+using the global model as the negative too — makes the term exactly log 2 with zero gradient,
+so skipping it is the same objective without the cost.
+
+New identity weights (and DFC classifiers) start at the normalized class means of the global
+model's features of the identity's images (a good start for a cosine head, no random
+classifier), then persist in the private state from round to round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedfr.backbones import build_backbone
+from fedfr.data.contract import InputContract
+from fedfr.fl import BACKBONE_PREFIX, PUBLIC_INDEX_KEY, PUBLIC_ROWS_KEY, GlobalModel, SharedUpdate
+from fedfr.heads import MARGIN_PRESETS, MarginConfig, cosine_logits, margin_cross_entropy
+from fedfr.heads.dfc import BinaryMarginConfig, DFCHead, binary_margin_loss
+from fedfr.train.embedding import preprocess
+from fedfr.train.losses import contrastive_regularizer, proximal_term
+from fedfr.train.runtime import autocast, memory_format, resolve_device
+
+log = logging.getLogger(__name__)
+
+PUBLIC_KINDS = ("images", "embeddings")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Hyperparameters of one device's local step. Defaults are the FedFR paper's.
+
+    Attributes:
+        margin: CosFace over local + public classes (s=30, m=0.4).
+        public: ``None`` (local classes only), ``"images"`` (public images as hard negatives,
+            the paper) or ``"embeddings"`` (public class embedding rows as negatives, no image).
+        hard_negative_threshold: a public image/row is a hard negative when its cosine to any
+            local image's global feature exceeds this.
+        max_hard_negatives: keep at most this many (the most similar); ``None`` = no cap.
+        dfc_weight: weight of the DFC binary loss (0 = no DFC, no converter).
+        dfc: the binary loss's positive weight, scale and margin.
+        contrastive_mu, contrastive_temperature: the contrastive regularizer (0 = off).
+        prox_mu: FedProx's proximal weight (0 = off).
+        lr, momentum, weight_decay, batch_size: SGD.
+        epochs_start, epochs_step, epochs_min: adaptive local epochs,
+            ``max(epochs_min, epochs_start - epochs_step * round)``.
+        lr_decay_at, lr_decay_factor: the lr is multiplied by ``lr_decay_factor`` once
+            ``lr_decay_at`` of the round's steps are done (the paper's decay near the end).
+        flip: random horizontal flips (features of both flips are cached).
+        device, amp: where to train; bf16 autocast and channels_last on CUDA.
+        seed: batch order, flips and new classifier rows.
+    """
+
+    margin: MarginConfig = field(default_factory=lambda: MARGIN_PRESETS["fedfr_cosface"])
+    public: str | None = "images"
+    hard_negative_threshold: float = 0.4
+    max_hard_negatives: int | None = None
+    dfc_weight: float = 10.0
+    dfc: BinaryMarginConfig = field(default_factory=BinaryMarginConfig)
+    contrastive_mu: float = 5.0
+    contrastive_temperature: float = 0.5
+    prox_mu: float = 0.0
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    epochs_start: int = 10
+    epochs_step: int = 2
+    epochs_min: int = 4
+    lr_decay_at: float = 0.8
+    lr_decay_factor: float = 0.1
+    flip: bool = True
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.public is not None and self.public not in PUBLIC_KINDS:
+            raise ValueError(f"public must be None or one of {PUBLIC_KINDS}, got {self.public!r}")
+        if self.batch_size < 2 or not self.lr > 0 or self.epochs_min < 1:
+            raise ValueError(f"need batch_size >= 2, lr > 0, epochs_min >= 1: {self}")
+        if min(self.dfc_weight, self.contrastive_mu, self.prox_mu) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if not 0.0 <= self.lr_decay_at <= 1.0:
+            raise ValueError(f"lr_decay_at must be in [0, 1], got {self.lr_decay_at}")
+
+    def epochs_for_round(self, round_index: int) -> int:
+        """Adaptive local epochs: 10, 8, 6, 4, 4, ... with the defaults."""
+        return max(self.epochs_min, self.epochs_start - self.epochs_step * int(round_index))
+
+    def with_(self, **changes: object) -> LocalConfig:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class PublicPack:
+    """The public data a device mines hard negatives from.
+
+    Attributes:
+        kind: ``"images"`` — public face crops with their class rows (the paper), or
+            ``"embeddings"`` — no image; the public class embedding rows are the negatives.
+        images: uint8 (P, H, W, 3) RGB crops (``images`` kind only).
+        labels: (P,) int64 row numbers into the public class embedding matrix.
+    """
+
+    kind: str
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PUBLIC_KINDS:
+            raise ValueError(f"public pack kind must be one of {PUBLIC_KINDS}, got {self.kind!r}")
+        if self.kind == "images":
+            if self.images is None or self.labels is None:
+                raise ValueError("an 'images' public pack needs images and labels")
+            if (self.images.dtype != np.uint8 or self.images.ndim != 4
+                    or self.images.shape[-1] != 3 or len(self.labels) != len(self.images)):
+                raise ValueError(f"public pack images must be uint8 (P, H, W, 3) with P labels; "
+                                 f"got {self.images.dtype} {self.images.shape}, "
+                                 f"{len(self.labels)} labels")
+
+    @property
+    def nbytes(self) -> int:
+        """Raw bytes of the pack's images and labels (0 for the embedding-only pack)."""
+        if self.kind != "images":
+            return 0
+        return int(self.images.nbytes + np.asarray(self.labels, np.int64).nbytes)
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, labels: np.ndarray, *, per_class: int | None = None,
+                    seed: int = 0) -> PublicPack:
+        """An ``images`` pack from a public split, keeping ``per_class`` images of each class."""
+        labels = np.asarray(labels, np.int64)
+        if per_class is not None:
+            rng = np.random.default_rng(seed)
+            keep = []
+            for c in np.unique(labels):
+                idx = np.flatnonzero(labels == c)
+                keep.append(np.sort(rng.permutation(idx)[:per_class]))
+            sel = np.concatenate(keep)
+            images, labels = images[sel], labels[sel]
+        return cls("images", np.ascontiguousarray(images), labels)
+
+
+@dataclass(frozen=True, eq=False)
+class PrivateState:
+    """What a device keeps between rounds and never uploads.
+
+    Attributes:
+        identity_weights: (L, D) float32 local identity weights of the CosFace head.
+        converter: (D, D) float32 DFC converter, or ``None`` (method without DFC).
+        binary_weights: (L, D) float32 DFC binary classifiers, or ``None``.
+        local_backbone: the backbone after the last local training: the personalized
+            backbone and next round's "previous local model"; ``None`` before any round.
+        rounds: rounds trained so far.
+    """
+
+    identity_weights: np.ndarray
+    converter: np.ndarray | None = None
+    binary_weights: np.ndarray | None = None
+    local_backbone: dict[str, np.ndarray] | None = None
+    rounds: int = 0
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat ``{name: array}`` with private names (see :mod:`fedfr.fl.params`)."""
+        out = {"local.identity_weights": self.identity_weights,
+               "local.rounds": np.asarray(self.rounds, np.int64)}
+        if self.converter is not None:
+            out["dfc.converter"] = self.converter
+        if self.binary_weights is not None:
+            out["dfc.binary_weights"] = self.binary_weights
+        for k, v in (self.local_backbone or {}).items():
+            out["prev_local." + k] = v
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PrivateState:
+        n = len("prev_local.")
+        local = {k[n:]: v for k, v in arrays.items() if k.startswith("prev_local.")}
+        return cls(identity_weights=arrays["local.identity_weights"],
+                   converter=arrays.get("dfc.converter"),
+                   binary_weights=arrays.get("dfc.binary_weights"),
+                   local_backbone=local or None,
+                   rounds=int(arrays.get("local.rounds", 0)))
+
+
+@dataclass(frozen=True, eq=False)
+class LocalResult:
+    """A device's round: the update to upload, the new private state, statistics."""
+
+    update: SharedUpdate
+    private: PrivateState
+    metrics: dict[str, float]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_torch_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def _to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def build_model_backbone(model: GlobalModel, state: dict[str, np.ndarray] | None = None,
+                         device: torch.device | str = "cpu") -> nn.Module:
+    """The backbone of ``model`` (or of another state dict of the same arch) on ``device``."""
+    contract = InputContract.from_dict(model.contract)
+    net = build_backbone(model.arch, embedding_size=model.embedding_size,
+                         input_size=contract.size)
+    net.load_state_dict(_to_torch_state(model.backbone if state is None else state))
+    device = torch.device(device)
+    return net.to(device, memory_format=memory_format(device))
+
+
+@torch.no_grad()
+def _features(net: nn.Module, images: torch.Tensor, contract: InputContract, *, views: int,
+              batch_size: int, amp: bool) -> torch.Tensor:
+    """(N, views, D) L2-normalized features of uint8 (N, H, W, 3) images (view 1 = flipped)."""
+    was_training = net.training
+    net.eval()
+    dev = next(net.parameters()).device
+    fmt = memory_format(dev)
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = preprocess(images[s:s + batch_size].to(dev), contract).contiguous(memory_format=fmt)
+        vs = []
+        with autocast(dev, amp):
+            for v in range(views):
+                vs.append(F.normalize(net(x.flip(3) if v else x).float(), dim=1))
+        out.append(torch.stack(vs, 1))
+    net.train(was_training)
+    return torch.cat(out)
+
+
+def _class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Normalized mean feature per class: (N, D), (N,) -> (K, D)."""
+    sums = torch.zeros(num_classes, feats.shape[1], device=feats.device)
+    sums.index_add_(0, labels, feats)
+    return F.normalize(sums, dim=1)
+
+
+def mine_hard_negatives(local_feats: torch.Tensor, candidate_feats: torch.Tensor,
+                        threshold: float, max_count: int | None = None) -> torch.Tensor:
+    """Indices of candidates whose cosine to any local feature exceeds ``threshold``.
+
+    Args:
+        local_feats: (N, D) L2-normalized features of the device's images (global model).
+        candidate_feats: (P, D) L2-normalized features of public images, or public class
+            embedding rows (normalized here).
+        max_count: keep the ``max_count`` most similar.
+
+    Returns:
+        int64 (S,) candidate indices, sorted ascending.
+    """
+    cand = F.normalize(candidate_feats.float(), dim=1)
+    best = torch.full((len(cand),), -2.0, device=cand.device)
+    for s in range(0, len(local_feats), 4096):  # (P, 4096) blocks bound the memory
+        best = torch.maximum(best, (cand @ local_feats[s:s + 4096].float().T).amax(1))
+    sel = torch.nonzero(best > threshold, as_tuple=True)[0]
+    if max_count is not None and len(sel) > max_count:
+        sel = sel[torch.topk(best[sel], max_count).indices]
+    return torch.sort(sel).values
+
+
+# --------------------------------------------------------------------------- the step
+
+
+class LocalTrainer:
+    """One device's round, split so that the benchmark can time the step alone.
+
+    ``prepare`` runs steps 1-3 of the module doc (frozen features, mining, heads);
+    :meth:`step` is one SGD step of the full objective; :meth:`run` the whole round.
+    """
+
+    def __init__(self, model: GlobalModel, images: np.ndarray, labels: np.ndarray,
+                 cfg: LocalConfig, *, round_index: int = 0, private: PrivateState | None = None,
+                 pack: PublicPack | None = None) -> None:
+        labels = np.asarray(labels, np.int64)
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"need uint8 images (N, H, W, 3) and N labels; got {images.dtype} "
+                             f"{images.shape} and {labels.shape}")
+        if len(labels) < 2:
+            raise ValueError("local training needs at least 2 images")
+        num_classes = int(labels.max()) + 1
+        if labels.min() < 0 or len(np.unique(labels)) != num_classes:
+            raise ValueError("local labels must be 0..L-1 with every identity present")
+        if private is not None and private.identity_weights.shape[0] != num_classes:
+            raise ValueError(f"private state has {private.identity_weights.shape[0]} identities, "
+                             f"the data {num_classes}")
+        if cfg.public is not None and pack is None and cfg.public == "images":
+            raise ValueError("this method mines public images: pass a PublicPack of images")
+        if cfg.public is not None and model.public_embeddings is None:
+            raise ValueError("this method needs the model's public class embeddings")
+        self.model, self.cfg, self.round_index = model, cfg, round_index
+        self.private, self.pack = private, pack
+        self.num_classes = num_classes
+        self._images, self._labels = images, labels
+        self.device = resolve_device(cfg.device)
+        self.contract = InputContract.from_dict(model.contract)
+        self.timings: dict[str, float] = {}
+        self.prepared = False
+
+    # -- steps 1-3 ----------------------------------------------------------------------
+    def prepare(self) -> LocalTrainer:
+        cfg, dev = self.cfg, self.device
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        views = 2 if cfg.flip else 1
+        fb = max(cfg.batch_size, 256)
+        glob = build_model_backbone(self.model, device=dev).eval()
+        local_u8 = torch.from_numpy(np.ascontiguousarray(self._images))
+        z_local = _features(glob, local_u8, self.contract, views=views, batch_size=fb,
+                            amp=cfg.amp)
+        y_local = torch.from_numpy(self._labels).to(dev)
+        self.timings["global_features_s"] = time.perf_counter() - t0
+
+        # Hard negatives.
+        t1 = time.perf_counter()
+        L = self.num_classes
+        pub_images = local_u8[:0]
+        pub_rows = torch.zeros(0, dtype=torch.int64)
+        z_pub = z_local[:0]
+        self.public_classes = np.zeros(0, np.int64)
+        if cfg.public == "images":
+            pack_u8 = torch.from_numpy(np.ascontiguousarray(self.pack.images))
+            z_pack = _features(glob, pack_u8, self.contract, views=1, batch_size=fb, amp=cfg.amp)
+            sel = mine_hard_negatives(z_local[:, 0], z_pack[:, 0], cfg.hard_negative_threshold,
+                                      cfg.max_hard_negatives).cpu()
+            pub_images = pack_u8[sel]
+            pub_rows = torch.from_numpy(np.asarray(self.pack.labels, np.int64))[sel]
+            if len(sel):
+                z_pub = z_pack[sel.to(dev)]
+                if views == 2:  # the flipped view, for the selected images only
+                    z_pub = torch.cat([z_pub, _flipped(glob, pub_images, self.contract, fb,
+                                                       cfg.amp)], 1)
+            self.public_classes = np.unique(pub_rows.numpy())
+        elif cfg.public == "embeddings":
+            rows = torch.from_numpy(np.asarray(self.model.public_embeddings)).to(dev)
+            sel = mine_hard_negatives(z_local[:, 0], rows, cfg.hard_negative_threshold,
+                                      cfg.max_hard_negatives).cpu()
+            self.public_classes = sel.numpy().astype(np.int64)
+        self.num_hard_negatives = (len(pub_images) if cfg.public == "images"
+                                   else len(self.public_classes))
+        self.timings["mining_s"] = time.perf_counter() - t1
+
+        # The training set: local images then public images (CosFace labels L + class slot).
+        slots = np.searchsorted(self.public_classes, pub_rows.numpy())
+        self.x_u8 = torch.cat([local_u8, pub_images]).to(dev)
+        self.y = torch.cat([y_local, torch.from_numpy(L + slots).to(dev)])
+        self.y_dfc = torch.cat([y_local, torch.full((len(pub_images),), -1, device=dev)])
+        self.is_local = torch.cat([torch.ones(len(local_u8), dtype=torch.bool),
+                                   torch.zeros(len(pub_images), dtype=torch.bool)]).to(dev)
+        self.z_global = torch.cat([z_local, z_pub])  # (N_all, views, D)
+
+        # The previous local model's features (the contrastive negatives), once.
+        t2 = time.perf_counter()
+        self.z_prev = None
+        have_prev = self.private is not None and self.private.local_backbone is not None
+        if cfg.contrastive_mu > 0 and have_prev:
+            prev = build_model_backbone(self.model, self.private.local_backbone, device=dev)
+            self.z_prev = _features(prev, self.x_u8.cpu(), self.contract, views=views,
+                                    batch_size=fb, amp=cfg.amp)
+            del prev
+        self.timings["previous_features_s"] = time.perf_counter() - t2
+
+        # Trainable parts.
+        D = self.model.embedding_size
+        self.backbone = build_model_backbone(self.model, device=dev).train()
+        init = _class_means(z_local[:, 0], y_local, L)
+        if self.private is not None:
+            init = torch.from_numpy(np.array(self.private.identity_weights, np.float32)).to(dev)
+        self.identity_weights = nn.Parameter(init.clone())
+        params = [*self.backbone.parameters(), self.identity_weights]
+        self.public_weights: torch.Tensor
+        if len(self.public_classes):
+            rows = torch.from_numpy(
+                np.asarray(self.model.public_embeddings)[self.public_classes].astype(np.float32)
+            ).to(dev)
+            if cfg.public == "images":  # trained (and uploaded) rows
+                self.public_weights = nn.Parameter(rows)
+                params.append(self.public_weights)
+            else:  # embedding-only pack: fixed negatives
+                self.public_weights = rows
+        else:
+            self.public_weights = torch.zeros(0, D, device=dev)
+        self.dfc = None
+        if cfg.dfc_weight > 0:
+            cls_init = init
+            if self.private is not None and self.private.binary_weights is not None:
+                cls_init = torch.from_numpy(np.asarray(self.private.binary_weights, np.float32))
+            self.dfc = DFCHead(D, L, classifiers=cls_init).to(dev)
+            if self.private is not None and self.private.converter is not None:
+                with torch.no_grad():
+                    self.dfc.converter.weight.copy_(torch.from_numpy(
+                        np.asarray(self.private.converter, np.float32)))
+            params += list(self.dfc.parameters())
+        self.anchors = None
+        if cfg.prox_mu > 0:
+            self.anchors = [p.detach().clone() for p in self.backbone.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.fmt = memory_format(dev)
+        del glob
+        self.timings["prepare_s"] = time.perf_counter() - t0
+        self.prepared = True
+        return self
+
+    @property
+    def num_train_images(self) -> int:
+        return len(self.y)
+
+    # -- one step -----------------------------------------------------------------------
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One SGD step on the training images ``idx`` (a tensor of indices on the device).
+
+        Returns detached loss terms (``loss``, ``cosface``, ``dfc``, ``contrastive``,
+        ``prox``) and ``correct`` (local images classified right by the CosFace head).
+        """
+        cfg = self.cfg
+        if cfg.flip:
+            view = (torch.rand(len(idx), generator=self.gen) < 0.5).to(self.device)
+        else:
+            view = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+        x = preprocess(self.x_u8[idx], self.contract)
+        x = torch.where(view[:, None, None, None], x.flip(3), x).contiguous(
+            memory_format=self.fmt)
+        y = self.y[idx]
+        v = view.long()
+        with autocast(self.device, cfg.amp):
+            feats = self.backbone(x)
+        feats = feats.float()
+        weight = torch.cat([self.identity_weights, self.public_weights])
+        cos = cosine_logits(feats, weight)
+        terms: dict[str, torch.Tensor] = {"cosface": margin_cross_entropy(cos, y, cfg.margin)}
+        total = terms["cosface"]
+        if self.dfc is not None:
+            terms["dfc"] = binary_margin_loss(self.dfc(feats), self.y_dfc[idx], cfg.dfc)
+            total = total + cfg.dfc_weight * terms["dfc"]
+        if self.z_prev is not None:
+            zg = self.z_global[idx, v] if self.z_global.shape[1] > 1 else self.z_global[idx, 0]
+            zp = self.z_prev[idx, v] if self.z_prev.shape[1] > 1 else self.z_prev[idx, 0]
+            terms["contrastive"] = contrastive_regularizer(feats, zg, zp,
+                                                           cfg.contrastive_temperature)
+            total = total + cfg.contrastive_mu * terms["contrastive"]
+        if self.anchors is not None:
+            terms["prox"] = proximal_term(self.backbone.parameters(), self.anchors, cfg.prox_mu)
+            total = total + terms["prox"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        local = self.is_local[idx]
+        out = {k: t.detach() for k, t in terms.items()}
+        out["loss"] = total.detach()
+        out["correct"] = ((cos.detach().argmax(1) == y) & local).sum()
+        out["local"] = local.sum()
+        return out
+
+    # -- the round ----------------------------------------------------------------------
+    def run(self, *, progress: bool = False, desc: str = "local") -> LocalResult:
+        if not self.prepared:
+            self.prepare()
+        cfg = self.cfg
+        n = self.num_train_images
+        bs = min(cfg.batch_size, n)
+        steps_per_epoch = math.ceil(n / bs)
+        epochs = cfg.epochs_for_round(self.round_index)
+        total_steps = steps_per_epoch * epochs
+        decay_step = round(cfg.lr_decay_at * total_steps)
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=total_steps, desc=desc, disable=not progress, unit="step", leave=False)
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.gen).to(self.device)
+            for s in range(steps_per_epoch):
+                idx = order[s * bs:(s + 1) * bs]
+                if step == decay_step and cfg.lr_decay_factor != 1.0:
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = cfg.lr * cfg.lr_decay_factor
+                step += 1
+                bar.update(1)
+                if len(idx) < 2:  # BatchNorm cannot train on one image
+                    continue
+                out = self.step(idx)
+                for k, v in out.items():
+                    w = 1 if k in ("correct", "local") else len(idx)
+                    sums[k] = sums.get(k, 0) + v * w
+                seen += len(idx)
+        bar.close()
+        train_s = time.perf_counter() - t0
+        self.timings["train_s"] = train_s
+        return self._result(sums, seen, epochs, total_steps, train_s)
+
+    def _result(self, sums, seen, epochs, steps, train_s) -> LocalResult:
+        cfg = self.cfg
+        backbone_state = _to_numpy_state(self.backbone)
+        arrays = {BACKBONE_PREFIX + k: v for k, v in backbone_state.items()}
+        if cfg.public == "images" and len(self.public_classes):
+            arrays[PUBLIC_ROWS_KEY] = self.public_weights.detach().cpu().numpy().copy()
+            arrays[PUBLIC_INDEX_KEY] = self.public_classes.astype(np.int64)
+        metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()
+                   if k not in ("correct", "local")}
+        local_seen = float(sums.get("local", 0))
+        metrics["train_accuracy"] = float(sums.get("correct", 0)) / max(local_seen, 1.0)
+        metrics["hard_negatives"] = float(self.num_hard_negatives)
+        metrics["public_rows"] = float(len(self.public_classes))
+        metrics["epochs"] = float(epochs)
+        metrics["steps"] = float(steps)
+        metrics["images_per_second"] = seen / train_s if train_s > 0 else 0.0
+        metrics.update(self.timings)
+        update = SharedUpdate(arrays, num_samples=len(self._labels),
+                              metrics={k: metrics[k] for k in ("loss", "train_accuracy")
+                                       if k in metrics})
+        private = PrivateState(
+            identity_weights=self.identity_weights.detach().cpu().numpy().copy(),
+            converter=(None if self.dfc is None
+                       else self.dfc.converter.weight.detach().cpu().numpy().copy()),
+            binary_weights=(None if self.dfc is None
+                            else self.dfc.classifiers.detach().cpu().numpy().copy()),
+            local_backbone=backbone_state,
+            rounds=(0 if self.private is None else self.private.rounds) + 1,
+        )
+        return LocalResult(update, private, metrics)
+
+
+@torch.no_grad()
+def _flipped(net: nn.Module, images: torch.Tensor, contract: InputContract, batch_size: int,
+             amp: bool) -> torch.Tensor:
+    """(N, 1, D) features of the flipped images."""
+    return _features(net, images.flip(2), contract, views=1, batch_size=batch_size, amp=amp)
+
+
+def local_round(model: GlobalModel, images: np.ndarray, labels: np.ndarray, cfg: LocalConfig,
+                *, round_index: int = 0, private: PrivateState | None = None,
+                pack: PublicPack | None = None, progress: bool = False) -> LocalResult:
+    """One device's local step (module doc): train on ``images`` and return the update.
+
+    Args:
+        model: the global model of this round (as downloaded).
+        images: uint8 (N, 112, 112, 3) aligned RGB crops of the device's identities.
+        labels: (N,) int64 local identity labels 0..L-1 (stable across rounds).
+        cfg: hyperparameters (the method's flags included).
+        round_index: the global round number (sets the adaptive epochs).
+        private: the state this device kept from its previous round (``None`` at first).
+        pack: the public pack (needed when ``cfg.public == "images"``).
+
+    Returns:
+        :class:`LocalResult`: the shared update (backbone + trained public rows, sample count,
+        loss/accuracy), the new private state, and the round's statistics.
+
+    Raises:
+        ValueError: inconsistent images/labels/private state, or a missing public pack.
+    """
+    trainer = LocalTrainer(model, images, labels, cfg, round_index=round_index,
+                           private=private, pack=pack)
+    return trainer.run(progress=progress)
+
+
+# --------------------------------------------------------------------------- recognizers
+
+
+class PersonalizedRecognizer(nn.Module):
+    """The personalized recognizer: local backbone -> DFC converter (no converter: backbone).
+
+    ``forward`` maps normalized (N, 3, H, W) input to (N, D) embeddings (not normalized;
+    :func:`~fedfr.train.embedding.embed_images` normalizes).
+    """
+
+    def __init__(self, backbone: nn.Module, converter: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.converter = None
+        if converter is not None:
+            d = converter.shape[0]
+            self.converter = nn.Linear(d, d, bias=False)
+            with torch.no_grad():
+                self.converter.weight.copy_(converter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x).float()
+        return f if self.converter is None else self.converter(f)
+
+
+def personalized_recognizer(model: GlobalModel, private: PrivateState,
+                            device: torch.device | str = "cpu") -> PersonalizedRecognizer:
+    """The device's personalized recognizer (eval mode) from its private state.
+
+    Raises:
+        ValueError: the private state has no trained backbone yet.
+    """
+    if private.local_backbone is None:
+        raise ValueError("no personalized recognizer before the first local round")
+    net = build_model_backbone(model, private.local_backbone, device=device)
+    conv = None if private.converter is None else torch.from_numpy(
+        np.asarray(private.converter, np.float32))
+    return PersonalizedRecognizer(net, conv).to(device).eval()
+
+
+def personalized_embedder(model: GlobalModel, private: PrivateState, *,
+                          device: torch.device | str = "cpu", batch_size: int = 256):
+    """An embedding function (uint8 crops -> (N, D) normalized) of the personalized
+    recognizer; see :mod:`fedfr.evaluation`."""
+    from fedfr.evaluation import backbone_embedder
+
+    rec = personalized_recognizer(model, private, device=device)
+    return backbone_embedder(rec, InputContract.from_dict(model.contract), device=device,
+                             batch_size=batch_size)
+
+
+def generic_embedder(model: GlobalModel, *, device: torch.device | str = "cpu",
+                     batch_size: int = 256):
+    """An embedding function of the global (generic) backbone."""
+    from fedfr.evaluation import backbone_embedder
+
+    net = build_model_backbone(model, device=device).eval()
+    return backbone_embedder(net, InputContract.from_dict(model.contract), device=device,
+                             batch_size=batch_size)
