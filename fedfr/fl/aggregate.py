@@ -91,10 +91,11 @@ class WeightedAverage:
             raise ValueError("no update to average")
         out = {}
         for k, s in self._sum.items():
+            # np.asarray: arithmetic on 0-d arrays yields numpy scalars; keep arrays.
             if np.issubdtype(self._dtype[k], np.integer):
-                out[k] = s.copy()
+                out[k] = np.array(s, dtype=self._dtype[k])
             else:
-                out[k] = (s / self._rel_total).astype(self._dtype[k])
+                out[k] = np.asarray(s / self._rel_total).astype(self._dtype[k])
         return out
 
 

@@ -103,9 +103,10 @@ class GlobalModel:
 
         from fedfr.io import atomic_path
 
-        tensors = {BACKBONE_PREFIX + k: np.ascontiguousarray(v) for k, v in self.backbone.items()}
+        # np.array(order="C"), not ascontiguousarray: that one turns 0-d counters into (1,).
+        tensors = {BACKBONE_PREFIX + k: np.array(v, order="C") for k, v in self.backbone.items()}
         if self.public_embeddings is not None:
-            tensors[PUBLIC_EMBEDDINGS_KEY] = np.ascontiguousarray(self.public_embeddings)
+            tensors[PUBLIC_EMBEDDINGS_KEY] = np.array(self.public_embeddings, order="C")
         meta = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
