@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class FedFRError(Exception):
     """Base class of the errors the library raises for bad input or configuration."""
@@ -20,3 +25,13 @@ class DataFormatError(FedFRError, ValueError):
 
 class CheckpointError(FedFRError, ValueError):
     """A checkpoint that does not match the requested architecture, or is unreadable."""
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``, or an :class:`UnknownNameError` naming ``what`` and the choices."""
+    try:
+        return table[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown {what} {name!r}; choose from: {', '.join(table)}"
+        ) from None

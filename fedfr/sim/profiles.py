@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedfr.errors import UnknownNameError
+from fedfr.errors import lookup
 from fedfr.train.local import LocalConfig
 
 
@@ -56,9 +56,4 @@ def get_sim_profile(name: str) -> SimProfile:
     Raises:
         UnknownNameError: listing the profiles.
     """
-    try:
-        return SIM_PROFILES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown profile {name!r}; choose from: {', '.join(SIM_PROFILES)}"
-        ) from None
+    return lookup(SIM_PROFILES, name, "profile")

@@ -25,7 +25,6 @@ and strangers, averaged over devices. Round 0 of every history is the pretrained
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -153,15 +152,6 @@ def write_report(out: Path, results: dict, per_seed: dict[int, dict[str, dict]])
         log.warning("matplotlib not installed: no plots (pip install 'fedfr[plot]')")
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-
-
 ROUND_PLOTS = (
     ("generic", "tar@far=1e-03", "generic TAR@FAR=1e-3"),
     ("generic", "rank1", "generic rank-1"),
@@ -176,6 +166,8 @@ def plot_rounds(results: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from fedfr.plots import save_png
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=110)
     for ax, (split, key, title) in zip(axes.flat, ROUND_PLOTS, strict=True):
@@ -194,42 +186,20 @@ def plot_rounds(results: dict, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"profile {results['profile']}: metrics per round")
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
 def plot_rocs(seed_dir: Path, methods: list[str], out: Path) -> None:
     """ROC curves of each method's final models (one seed): generic and personalized."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fedfr.metrics import roc_curve
+    from fedfr.plots import plot_roc
     from fedfr.sim.runner import load_curves
 
-    curves = {}
-    for m in methods:
-        p = seed_dir / f"{m}-curves.npz"
-        if p.exists():
-            curves[m] = load_curves(p)
+    curves = {m: load_curves(seed_dir / f"{m}-curves.npz") for m in methods
+              if (seed_dir / f"{m}-curves.npz").exists()}
+    seed = seed_dir.name.split("-")[-1]
     for split, fname, title in (("generic", "roc_generic.png", "generic (public domain)"),
                                 ("devices", "roc_personalized.png",
                                  "personalized (all devices' pairs pooled)")):
-        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
-        for m, c in curves.items():
-            if split not in c:
-                continue
-            scores, issame = c[split]
-            fpr, tpr, _ = roc_curve(scores, issame)
-            n_imp = int((~issame).sum())
-            keep = fpr >= 1.0 / max(n_imp, 1)
-            ax.plot(fpr[keep], tpr[keep], label=m)
-        ax.set_xscale("log")
-        ax.set_xlabel("FAR")
-        ax.set_ylabel("TAR")
-        ax.set_ylim(0, 1.01)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-        ax.set_title(f"ROC, {title}, seed {seed_dir.name.split('-')[-1]}")
-        _save(fig, out / fname)
+        plot_roc({m: c[split] for m, c in curves.items() if split in c}, out / fname,
+                 title=f"ROC, {title}, seed {seed}")

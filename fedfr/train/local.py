@@ -41,18 +41,39 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedfr.backbones import build_backbone
 from fedfr.data.contract import InputContract
 from fedfr.fl import BACKBONE_PREFIX, PUBLIC_INDEX_KEY, PUBLIC_ROWS_KEY, GlobalModel, SharedUpdate
 from fedfr.heads import MARGIN_PRESETS, MarginConfig, cosine_logits, margin_cross_entropy
 from fedfr.heads.dfc import BinaryMarginConfig, DFCHead, binary_margin_loss
 from fedfr.train.embedding import preprocess
+from fedfr.train.local_state import PUBLIC_KINDS, LocalResult, PrivateState, PublicPack
 from fedfr.train.losses import contrastive_regularizer, proximal_term
+from fedfr.train.recognizer import (
+    build_model_backbone,
+    generic_embedder,
+    numpy_state,
+    personalized_embedder,
+    personalized_recognizer,
+)
 from fedfr.train.runtime import autocast, memory_format, resolve_device
 
 log = logging.getLogger(__name__)
 
-PUBLIC_KINDS = ("images", "embeddings")
+__all__ = [
+    "PUBLIC_KINDS",
+    "LocalConfig",
+    "LocalResult",
+    "LocalTrainer",
+    "PrivateState",
+    "PublicPack",
+    "build_model_backbone",
+    "generic_embedder",
+    "local_round",
+    "mine_hard_negatives",
+    "personalized_embedder",
+    "personalized_recognizer",
+]
+
 
 
 @dataclass(frozen=True)
@@ -121,127 +142,7 @@ class LocalConfig:
         return replace(self, **changes)
 
 
-@dataclass(frozen=True, eq=False)
-class PublicPack:
-    """The public data a device mines hard negatives from.
-
-    Attributes:
-        kind: ``"images"`` — public face crops with their class rows (the paper), or
-            ``"embeddings"`` — no image; the public class embedding rows are the negatives.
-        images: uint8 (P, H, W, 3) RGB crops (``images`` kind only).
-        labels: (P,) int64 row numbers into the public class embedding matrix.
-    """
-
-    kind: str
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in PUBLIC_KINDS:
-            raise ValueError(f"public pack kind must be one of {PUBLIC_KINDS}, got {self.kind!r}")
-        if self.kind == "images":
-            if self.images is None or self.labels is None:
-                raise ValueError("an 'images' public pack needs images and labels")
-            if (self.images.dtype != np.uint8 or self.images.ndim != 4
-                    or self.images.shape[-1] != 3 or len(self.labels) != len(self.images)):
-                raise ValueError(f"public pack images must be uint8 (P, H, W, 3) with P labels; "
-                                 f"got {self.images.dtype} {self.images.shape}, "
-                                 f"{len(self.labels)} labels")
-
-    @property
-    def nbytes(self) -> int:
-        """Raw bytes of the pack's images and labels (0 for the embedding-only pack)."""
-        if self.kind != "images":
-            return 0
-        return int(self.images.nbytes + np.asarray(self.labels, np.int64).nbytes)
-
-    @classmethod
-    def from_images(cls, images: np.ndarray, labels: np.ndarray, *, per_class: int | None = None,
-                    seed: int = 0) -> PublicPack:
-        """An ``images`` pack from a public split, keeping ``per_class`` images of each class."""
-        labels = np.asarray(labels, np.int64)
-        if per_class is not None:
-            rng = np.random.default_rng(seed)
-            keep = []
-            for c in np.unique(labels):
-                idx = np.flatnonzero(labels == c)
-                keep.append(np.sort(rng.permutation(idx)[:per_class]))
-            sel = np.concatenate(keep)
-            images, labels = images[sel], labels[sel]
-        return cls("images", np.ascontiguousarray(images), labels)
-
-
-@dataclass(frozen=True, eq=False)
-class PrivateState:
-    """What a device keeps between rounds and never uploads.
-
-    Attributes:
-        identity_weights: (L, D) float32 local identity weights of the CosFace head.
-        converter: (D, D) float32 DFC converter, or ``None`` (method without DFC).
-        binary_weights: (L, D) float32 DFC binary classifiers, or ``None``.
-        local_backbone: the backbone after the last local training: the personalized
-            backbone and next round's "previous local model"; ``None`` before any round.
-        rounds: rounds trained so far.
-    """
-
-    identity_weights: np.ndarray
-    converter: np.ndarray | None = None
-    binary_weights: np.ndarray | None = None
-    local_backbone: dict[str, np.ndarray] | None = None
-    rounds: int = 0
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Flat ``{name: array}`` with private names (see :mod:`fedfr.fl.params`)."""
-        out = {"local.identity_weights": self.identity_weights,
-               "local.rounds": np.asarray(self.rounds, np.int64)}
-        if self.converter is not None:
-            out["dfc.converter"] = self.converter
-        if self.binary_weights is not None:
-            out["dfc.binary_weights"] = self.binary_weights
-        for k, v in (self.local_backbone or {}).items():
-            out["prev_local." + k] = v
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PrivateState:
-        n = len("prev_local.")
-        local = {k[n:]: v for k, v in arrays.items() if k.startswith("prev_local.")}
-        return cls(identity_weights=arrays["local.identity_weights"],
-                   converter=arrays.get("dfc.converter"),
-                   binary_weights=arrays.get("dfc.binary_weights"),
-                   local_backbone=local or None,
-                   rounds=int(arrays.get("local.rounds", 0)))
-
-
-@dataclass(frozen=True, eq=False)
-class LocalResult:
-    """A device's round: the update to upload, the new private state, statistics."""
-
-    update: SharedUpdate
-    private: PrivateState
-    metrics: dict[str, float]
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _to_torch_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
-
-
-def _to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def build_model_backbone(model: GlobalModel, state: dict[str, np.ndarray] | None = None,
-                         device: torch.device | str = "cpu") -> nn.Module:
-    """The backbone of ``model`` (or of another state dict of the same arch) on ``device``."""
-    contract = InputContract.from_dict(model.contract)
-    net = build_backbone(model.arch, embedding_size=model.embedding_size,
-                         input_size=contract.size)
-    net.load_state_dict(_to_torch_state(model.backbone if state is None else state))
-    device = torch.device(device)
-    return net.to(device, memory_format=memory_format(device))
 
 
 @torch.no_grad()
@@ -527,7 +428,7 @@ class LocalTrainer:
 
     def _result(self, sums, seen, epochs, steps, train_s) -> LocalResult:
         cfg = self.cfg
-        backbone_state = _to_numpy_state(self.backbone)
+        backbone_state = numpy_state(self.backbone)
         arrays = {BACKBONE_PREFIX + k: v for k, v in backbone_state.items()}
         if cfg.public == "images" and len(self.public_classes):
             arrays[PUBLIC_ROWS_KEY] = self.public_weights.detach().cpu().numpy().copy()
@@ -588,64 +489,3 @@ def local_round(model: GlobalModel, images: np.ndarray, labels: np.ndarray, cfg:
     trainer = LocalTrainer(model, images, labels, cfg, round_index=round_index,
                            private=private, pack=pack)
     return trainer.run(progress=progress)
-
-
-# --------------------------------------------------------------------------- recognizers
-
-
-class PersonalizedRecognizer(nn.Module):
-    """The personalized recognizer: local backbone -> DFC converter (no converter: backbone).
-
-    ``forward`` maps normalized (N, 3, H, W) input to (N, D) embeddings (not normalized;
-    :func:`~fedfr.train.embedding.embed_images` normalizes).
-    """
-
-    def __init__(self, backbone: nn.Module, converter: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.converter = None
-        if converter is not None:
-            d = converter.shape[0]
-            self.converter = nn.Linear(d, d, bias=False)
-            with torch.no_grad():
-                self.converter.weight.copy_(converter)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(x).float()
-        return f if self.converter is None else self.converter(f)
-
-
-def personalized_recognizer(model: GlobalModel, private: PrivateState,
-                            device: torch.device | str = "cpu") -> PersonalizedRecognizer:
-    """The device's personalized recognizer (eval mode) from its private state.
-
-    Raises:
-        ValueError: the private state has no trained backbone yet.
-    """
-    if private.local_backbone is None:
-        raise ValueError("no personalized recognizer before the first local round")
-    net = build_model_backbone(model, private.local_backbone, device=device)
-    conv = None if private.converter is None else torch.from_numpy(
-        np.asarray(private.converter, np.float32))
-    return PersonalizedRecognizer(net, conv).to(device).eval()
-
-
-def personalized_embedder(model: GlobalModel, private: PrivateState, *,
-                          device: torch.device | str = "cpu", batch_size: int = 256):
-    """An embedding function (uint8 crops -> (N, D) normalized) of the personalized
-    recognizer; see :mod:`fedfr.evaluation`."""
-    from fedfr.evaluation import backbone_embedder
-
-    rec = personalized_recognizer(model, private, device=device)
-    return backbone_embedder(rec, InputContract.from_dict(model.contract), device=device,
-                             batch_size=batch_size)
-
-
-def generic_embedder(model: GlobalModel, *, device: torch.device | str = "cpu",
-                     batch_size: int = 256):
-    """An embedding function of the global (generic) backbone."""
-    from fedfr.evaluation import backbone_embedder
-
-    net = build_model_backbone(model, device=device).eval()
-    return backbone_embedder(net, InputContract.from_dict(model.contract), device=device,
-                             batch_size=batch_size)

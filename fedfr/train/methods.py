@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfr.errors import UnknownNameError
+from fedfr.errors import lookup
 from fedfr.train.local import LocalConfig
 
 
@@ -72,9 +72,4 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         UnknownNameError: listing the methods.
     """
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown method {name!r}; choose from: {', '.join(METHODS)}"
-        ) from None
+    return lookup(METHODS, name, "method")
