@@ -130,31 +130,56 @@ def round1(model, data, pack, cfg, round0):
 # --------------------------------------------------------------------------- loss terms
 
 
+def _g(c: float, t: float = 3.0) -> float:
+    """SphereFace2's similarity adjustment, written out."""
+    return 2 * ((c + 1) / 2) ** t - 1
+
+
 def test_binary_margin_loss_positive_row_matches_hand_computation():
     cos = torch.tensor([[0.5, -0.2]])
     got = binary_margin_loss(cos, torch.tensor([0]))
-    expected = 0.7 * _softplus(-30 * (0.5 - 0.4)) + 0.3 * _softplus(30 * (-0.2 + 0.4))
+    expected = (0.7 / 30 * _softplus(-30 * (_g(0.5) - 0.4))
+                + 0.3 / 30 * _softplus(30 * (_g(-0.2) + 0.4)))
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_binary_margin_loss_public_negative_row_is_all_negatives():
     cos = torch.tensor([[0.1, 0.3]])
     got = binary_margin_loss(cos, torch.tensor([-1]))
-    expected = 0.3 * (_softplus(30 * (0.1 + 0.4)) + _softplus(30 * (0.3 + 0.4)))
+    expected = 0.3 / 30 * (_softplus(30 * (_g(0.1) + 0.4)) + _softplus(30 * (_g(0.3) + 0.4)))
     assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_binary_margin_loss_bias_shifts_the_logits():
+    cos = torch.tensor([[0.5, -0.2]])
+    bias = torch.tensor([1.0, -2.0])
+    got = binary_margin_loss(cos, torch.tensor([0]), bias=bias)
+    expected = (0.7 / 30 * _softplus(-(30 * (_g(0.5) - 0.4) + 1.0))
+                + 0.3 / 30 * _softplus(30 * (_g(-0.2) + 0.4) - 2.0))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="bias"):
+        binary_margin_loss(cos, torch.tensor([0]), bias=torch.zeros(3))
 
 
 def test_binary_margin_loss_averages_rows_and_honours_custom_config():
     cos = torch.tensor([[0.5, -0.2], [0.1, 0.3], [-0.3, 0.9]])
     labels = torch.tensor([0, -1, 1])
-    lam, r, m = 0.6, 10.0, 0.2
+    lam, r, m = 0.6, 10.0, 0.2  # t=1: no similarity adjustment
     rows = [
         lam * _softplus(-r * (0.5 - m)) + (1 - lam) * _softplus(r * (-0.2 + m)),
         (1 - lam) * (_softplus(r * (0.1 + m)) + _softplus(r * (0.3 + m))),
         (1 - lam) * _softplus(r * (-0.3 + m)) + lam * _softplus(-r * (0.9 - m)),
     ]
-    got = binary_margin_loss(cos, labels, BinaryMarginConfig(pos_weight=lam, scale=r, margin=m))
-    assert got.item() == pytest.approx(sum(rows) / 3, rel=1e-5)
+    cfg = BinaryMarginConfig(pos_weight=lam, scale=r, margin=m, t=1.0)
+    got = binary_margin_loss(cos, labels, cfg)
+    assert got.item() == pytest.approx(sum(rows) / 3 / r, rel=1e-5)
+
+
+def test_dfc_loss_of_a_mid_cosine_negative_is_small():
+    """The regression that wrecked the first small run: a negative at cosine 0.3 must cost
+    ~0.002 per identity, not ~6 (no 1/r and no similarity adjustment)."""
+    got = binary_margin_loss(torch.tensor([[0.3]]), torch.tensor([-1])).item()
+    assert 0.001 < got < 0.003
 
 
 @pytest.mark.parametrize("cos, labels", [
@@ -169,7 +194,7 @@ def test_binary_margin_loss_rejects_bad_shapes_and_labels(cos, labels):
 
 
 def test_binary_margin_config_rejects_bad_values():
-    for bad in ({"pos_weight": 1.5}, {"scale": 0.0}, {"margin": -0.1}):
+    for bad in ({"pos_weight": 1.5}, {"scale": 0.0}, {"margin": -0.1}, {"t": 0.5}):
         with pytest.raises(ValueError):
             BinaryMarginConfig(**bad)
 
@@ -354,15 +379,40 @@ def test_local_round_update_holds_only_shared_names(model, round0):
     assert result.update.num_samples == NUM_IDENTITIES * PER_IDENTITY
 
 
-def test_local_round_uploads_rows_of_the_mined_public_classes(model, pack, round0):
+def test_local_round_uploads_every_public_row_by_default(model, pack, round0):
+    """public_rows="all" (the reference code's choice): every public class is in the CosFace
+    head, so every row is trained and uploaded."""
     result, mined = round0
     arrays = result.update.arrays
     assert len(mined) == MAX_HARD_NEGATIVES  # threshold -1: all qualify, capped
-    expected_index = np.unique(pack.labels[mined])
-    np.testing.assert_array_equal(arrays[PUBLIC_INDEX_KEY], expected_index)
+    num_public = len(model.public_embeddings)
+    np.testing.assert_array_equal(arrays[PUBLIC_INDEX_KEY], np.arange(num_public))
     assert arrays[PUBLIC_INDEX_KEY].dtype == np.int64
-    assert arrays[PUBLIC_ROWS_KEY].shape == (len(expected_index), D)
+    assert arrays[PUBLIC_ROWS_KEY].shape == (num_public, D)
+    assert not np.array_equal(arrays[PUBLIC_ROWS_KEY], model.public_embeddings)  # trained
     assert result.metrics["hard_negatives"] == MAX_HARD_NEGATIVES
+    assert result.metrics["public_rows"] == num_public
+
+
+def test_local_round_mined_rows_uploads_only_the_mined_classes(model, data, pack, cfg,
+                                                               monkeypatch):
+    import fedfr.train.local as local_mod
+
+    mined: list[torch.Tensor] = []
+    real = local_mod.mine_hard_negatives
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        mined.append(out)
+        return out
+
+    monkeypatch.setattr(local_mod, "mine_hard_negatives", spy)
+    result = local_round(model, *data, cfg.with_(public_rows="mined", epochs_start=1),
+                         pack=pack)
+    expected_index = np.unique(pack.labels[mined[0].numpy()])
+    arrays = result.update.arrays
+    np.testing.assert_array_equal(arrays[PUBLIC_INDEX_KEY], expected_index)
+    assert arrays[PUBLIC_ROWS_KEY].shape == (len(expected_index), D)
     assert result.metrics["public_rows"] == len(expected_index)
 
 
@@ -375,7 +425,8 @@ def test_local_round_private_state_shapes_and_nothing_private_uploaded(model, ro
     assert set(priv.local_backbone) == set(model.backbone)
     assert priv.rounds == 1
     for name, arr in result.update.arrays.items():
-        for secret in (priv.converter, priv.identity_weights, priv.binary_weights):
+        for secret in (priv.converter, priv.identity_weights, priv.binary_weights,
+                       priv.binary_bias):
             assert not (arr.shape == secret.shape and np.array_equal(arr, secret)), name
     # the trained backbone is uploaded (shared) and also kept as the personalized backbone
     for k, v in priv.local_backbone.items():

@@ -6,7 +6,9 @@ The local step's defaults (:class:`~fedfr.train.local.LocalConfig`) are the pape
 (``tiny``) or 200 (``small``) images, where batch 256 would be one or two SGD steps per epoch
 and lr 0.001 would leave the model where it started; they use batch 32 and lr 0.01, which
 gives ~60-100 steps per round. These were fixed before any result was seen and are the same
-for every method. ``paper`` keeps the paper's values (a GPU profile).
+for every method. ``paper`` keeps the paper's optimizer values (a GPU profile); its public
+pack holds 5 images of each of the 6,000 public identities (30,000 images, embedded by every
+device every round) and at most 2,000 hard negatives per device (as many as its own images).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ SIM_PROFILES: dict[str, SimProfile] = {p.name: p for p in (
                local=LocalConfig(batch_size=32, lr=0.01, max_hard_negatives=64)),
     SimProfile("small", "mbf_tiny", pretrain_epochs=10, rounds=3, pack_per_class=4,
                local=LocalConfig(batch_size=32, lr=0.01, max_hard_negatives=200)),
-    SimProfile("paper", "mbf", pretrain_epochs=20, rounds=10, pack_per_class=None,
-               local=LocalConfig()),
+    SimProfile("paper", "mbf", pretrain_epochs=20, rounds=10, pack_per_class=5,
+               local=LocalConfig(max_hard_negatives=2000)),
 )}
 
 

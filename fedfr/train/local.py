@@ -12,7 +12,8 @@ its private state from the previous round, it
 3. embeds the training set once with the **frozen previous local model** (the contrastive
    regularizer's negatives), so no frozen network runs inside the training loop;
 4. trains with SGD for the round's adaptive number of epochs on: CosFace over [local identity
-   weights ‖ public rows of the mined classes] + ``dfc_weight`` x DFC binary loss +
+   weights ‖ public class embedding rows (all, or the mined classes')] + ``dfc_weight`` x DFC
+   binary loss +
    ``contrastive_mu`` x contrastive regularizer + FedProx's proximal term (each term off when
    its weight is 0);
 5. returns the :class:`~fedfr.fl.SharedUpdate` (backbone + the public rows it trained) and the
@@ -87,6 +88,11 @@ class LocalConfig:
         hard_negative_threshold: a public image/row is a hard negative when its cosine to any
             local image's global feature exceeds this.
         max_hard_negatives: keep at most this many (the most similar); ``None`` = no cap.
+        public_rows: with public images, which public class embedding rows the CosFace head
+            holds (trained, then uploaded): ``"all"`` (every public class is a negative, as
+            the FedFR reference code does) or ``"mined"`` (only the classes of the mined
+            images: less to upload). With the embedding-only pack the mined rows are fixed
+            negatives (never trained, never uploaded) either way.
         dfc_weight: weight of the DFC binary loss (0 = no DFC, no converter).
         dfc: the binary loss's positive weight, scale and margin.
         contrastive_mu, contrastive_temperature: the contrastive regularizer (0 = off).
@@ -105,6 +111,7 @@ class LocalConfig:
     public: str | None = "images"
     hard_negative_threshold: float = 0.4
     max_hard_negatives: int | None = None
+    public_rows: str = "all"
     dfc_weight: float = 10.0
     dfc: BinaryMarginConfig = field(default_factory=BinaryMarginConfig)
     contrastive_mu: float = 5.0
@@ -131,6 +138,8 @@ class LocalConfig:
             raise ValueError(f"need batch_size >= 2, lr > 0, epochs_min >= 1: {self}")
         if min(self.dfc_weight, self.contrastive_mu, self.prox_mu) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.public_rows not in ("all", "mined"):
+            raise ValueError(f"public_rows must be 'all' or 'mined', got {self.public_rows!r}")
         if not 0.0 <= self.lr_decay_at <= 1.0:
             raise ValueError(f"lr_decay_at must be in [0, 1], got {self.lr_decay_at}")
 
@@ -267,7 +276,9 @@ class LocalTrainer:
                 if views == 2:  # the flipped view, for the selected images only
                     z_pub = torch.cat([z_pub, _flipped(glob, pub_images, self.contract, fb,
                                                        cfg.amp)], 1)
-            self.public_classes = np.unique(pub_rows.numpy())
+            self.public_classes = (
+                np.arange(len(self.model.public_embeddings), dtype=np.int64)
+                if cfg.public_rows == "all" else np.unique(pub_rows.numpy()))
         elif cfg.public == "embeddings":
             rows = torch.from_numpy(np.asarray(self.model.public_embeddings)).to(dev)
             sel = mine_hard_negatives(z_local[:, 0], rows, cfg.hard_negative_threshold,
@@ -323,10 +334,13 @@ class LocalTrainer:
             if self.private is not None and self.private.binary_weights is not None:
                 cls_init = torch.from_numpy(np.asarray(self.private.binary_weights, np.float32))
             self.dfc = DFCHead(D, L, classifiers=cls_init).to(dev)
-            if self.private is not None and self.private.converter is not None:
-                with torch.no_grad():
+            with torch.no_grad():
+                if self.private is not None and self.private.converter is not None:
                     self.dfc.converter.weight.copy_(torch.from_numpy(
                         np.asarray(self.private.converter, np.float32)))
+                if self.private is not None and self.private.binary_bias is not None:
+                    self.dfc.bias.copy_(torch.from_numpy(
+                        np.asarray(self.private.binary_bias, np.float32)))
             params += list(self.dfc.parameters())
         self.anchors = None
         if cfg.prox_mu > 0:
@@ -368,7 +382,8 @@ class LocalTrainer:
         terms: dict[str, torch.Tensor] = {"cosface": margin_cross_entropy(cos, y, cfg.margin)}
         total = terms["cosface"]
         if self.dfc is not None:
-            terms["dfc"] = binary_margin_loss(self.dfc(feats), self.y_dfc[idx], cfg.dfc)
+            terms["dfc"] = binary_margin_loss(self.dfc(feats), self.y_dfc[idx], cfg.dfc,
+                                              self.dfc.bias)
             total = total + cfg.dfc_weight * terms["dfc"]
         if self.z_prev is not None:
             zg = self.z_global[idx, v] if self.z_global.shape[1] > 1 else self.z_global[idx, 0]
@@ -452,6 +467,8 @@ class LocalTrainer:
                        else self.dfc.converter.weight.detach().cpu().numpy().copy()),
             binary_weights=(None if self.dfc is None
                             else self.dfc.classifiers.detach().cpu().numpy().copy()),
+            binary_bias=(None if self.dfc is None
+                         else self.dfc.bias.detach().cpu().numpy().copy()),
             local_backbone=backbone_state,
             rounds=(0 if self.private is None else self.private.rounds) + 1,
         )

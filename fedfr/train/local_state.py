@@ -70,6 +70,7 @@ class PrivateState:
         identity_weights: (L, D) float32 local identity weights of the CosFace head.
         converter: (D, D) float32 DFC converter, or ``None`` (method without DFC).
         binary_weights: (L, D) float32 DFC binary classifiers, or ``None``.
+        binary_bias: (L,) float32 their biases, or ``None``.
         local_backbone: the backbone after the last local training: the personalized
             backbone and next round's "previous local model"; ``None`` before any round.
         rounds: rounds trained so far.
@@ -78,6 +79,7 @@ class PrivateState:
     identity_weights: np.ndarray
     converter: np.ndarray | None = None
     binary_weights: np.ndarray | None = None
+    binary_bias: np.ndarray | None = None
     local_backbone: dict[str, np.ndarray] | None = None
     rounds: int = 0
 
@@ -89,6 +91,8 @@ class PrivateState:
             out["dfc.converter"] = self.converter
         if self.binary_weights is not None:
             out["dfc.binary_weights"] = self.binary_weights
+        if self.binary_bias is not None:
+            out["dfc.binary_bias"] = self.binary_bias
         for k, v in (self.local_backbone or {}).items():
             out["prev_local." + k] = v
         return out
@@ -100,6 +104,7 @@ class PrivateState:
         return cls(identity_weights=arrays["local.identity_weights"],
                    converter=arrays.get("dfc.converter"),
                    binary_weights=arrays.get("dfc.binary_weights"),
+                   binary_bias=arrays.get("dfc.binary_bias"),
                    local_backbone=local or None,
                    rounds=int(arrays.get("local.rounds", 0)))
 
