@@ -188,3 +188,15 @@ def test_inconsistent_protocol_arrays(micro):
     np.save(micro / "eval_gallery.npy", np.array([0, 10_000], np.int32))
     with pytest.raises(DataFormatError, match=r"eval_gallery\.npy"):
         SyntheticDataset.load(micro)
+
+
+def test_in_memory_copy_decodes_once_and_matches(tiny):
+    ds = SyntheticDataset.load(tiny)
+    mem = ds.in_memory()
+    for name, s in ds.image_sets().items():
+        got = mem.image_sets()[name]
+        assert got.paths == s.paths and np.array_equal(got.labels, s.labels)
+        assert got.load() is got.load()  # decoded once, the same array
+        np.testing.assert_array_equal(got.load(), s.load())
+    assert mem.devices[0].train.in_memory() is mem.devices[0].train
+    np.testing.assert_array_equal(mem.eval.pairs, ds.eval.pairs)

@@ -71,16 +71,16 @@ class ImageSet:
         return load_images(self.files, workers=workers)
 
     def in_memory(self, *, workers: int | None = None) -> InMemoryImageSet:
-        """A copy whose :meth:`load` returns the images decoded once, here (read-only)."""
+        """A copy whose :meth:`load` returns the images decoded once, here (the same array on
+        every call: callers must not modify it)."""
         pixels = self.load(workers=workers)
-        pixels.flags.writeable = False
         return InMemoryImageSet(self.root, self.paths, self.labels, self.identity_ids,
                                 self.image_indices, pixels)
 
 
 @dataclass(frozen=True, eq=False)
 class InMemoryImageSet(ImageSet):
-    """An :class:`ImageSet` holding its decoded uint8 ``(N, H, W, 3)`` pixels (read-only)."""
+    """An :class:`ImageSet` holding its decoded uint8 ``(N, H, W, 3)`` pixels (shared)."""
 
     pixels: np.ndarray | None = None
 
