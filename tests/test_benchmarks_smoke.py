@@ -30,3 +30,14 @@ def test_synth_throughput_runs(tmp_path):
         ["--images", "8", "--batch", "4", "--repeats", "1", "--devices", "1",
          "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())) == {"public", "devices"}
+
+
+def test_local_step_benchmark_runs(tmp_path):
+    out = tmp_path / "l.json"
+    assert _load("local_step").main(
+        ["--arch", "mbf_tiny", "--batch-size", "4", "--local-images", "8", "--pack", "8",
+         "--steps", "1", "--warmup", "0", "--repeats", "1", "--device", "cpu",
+         "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["result"]
+    assert r["plain_img_per_s"] > 0 and r["fedfr_img_per_s"] > 0
+    assert r["step_ratio_fedfr_over_plain"] > 0 and r["train_images"] == 16

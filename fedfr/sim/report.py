@@ -186,6 +186,7 @@ def plot_rounds(results: dict, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"profile {results['profile']}: metrics per round")
+    fig.tight_layout()
     save_png(fig, path)
     return path
 
