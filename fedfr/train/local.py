@@ -155,9 +155,10 @@ class LocalConfig:
 
 
 @torch.no_grad()
-def _features(net: nn.Module, images: torch.Tensor, contract: InputContract, *, views: int,
-              batch_size: int, amp: bool) -> torch.Tensor:
-    """(N, views, D) L2-normalized features of uint8 (N, H, W, 3) images (view 1 = flipped)."""
+def _features(net: nn.Module, images: torch.Tensor, contract: InputContract, *,
+              flips: tuple[bool, ...], batch_size: int, amp: bool) -> torch.Tensor:
+    """(N, len(flips), D) L2-normalized features of uint8 (N, H, W, 3) images, one view per
+    entry of ``flips`` (True: the horizontally flipped crop)."""
     was_training = net.training
     net.eval()
     dev = next(net.parameters()).device
@@ -165,10 +166,8 @@ def _features(net: nn.Module, images: torch.Tensor, contract: InputContract, *, 
     out = []
     for s in range(0, len(images), batch_size):
         x = preprocess(images[s:s + batch_size].to(dev), contract).contiguous(memory_format=fmt)
-        vs = []
         with autocast(dev, amp):
-            for v in range(views):
-                vs.append(F.normalize(net(x.flip(3) if v else x).float(), dim=1))
+            vs = [F.normalize(net(x.flip(3) if f else x).float(), dim=1) for f in flips]
         out.append(torch.stack(vs, 1))
     net.train(was_training)
     return torch.cat(out)
@@ -248,11 +247,11 @@ class LocalTrainer:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        views = 2 if cfg.flip else 1
+        flips = (False, True) if cfg.flip else (False,)
         fb = max(cfg.batch_size, 256)
         glob = build_model_backbone(self.model, device=dev).eval()
         local_u8 = torch.from_numpy(np.ascontiguousarray(self._images))
-        z_local = _features(glob, local_u8, self.contract, views=views, batch_size=fb,
+        z_local = _features(glob, local_u8, self.contract, flips=flips, batch_size=fb,
                             amp=cfg.amp)
         y_local = torch.from_numpy(self._labels).to(dev)
         self.timings["global_features_s"] = time.perf_counter() - t0
@@ -266,16 +265,18 @@ class LocalTrainer:
         self.public_classes = np.zeros(0, np.int64)
         if cfg.public == "images":
             pack_u8 = torch.from_numpy(np.ascontiguousarray(self.pack.images))
-            z_pack = _features(glob, pack_u8, self.contract, views=1, batch_size=fb, amp=cfg.amp)
+            z_pack = _features(glob, pack_u8, self.contract, flips=(False,), batch_size=fb,
+                               amp=cfg.amp)
             sel = mine_hard_negatives(z_local[:, 0], z_pack[:, 0], cfg.hard_negative_threshold,
                                       cfg.max_hard_negatives).cpu()
             pub_images = pack_u8[sel]
             pub_rows = torch.from_numpy(np.asarray(self.pack.labels, np.int64))[sel]
             if len(sel):
                 z_pub = z_pack[sel.to(dev)]
-                if views == 2:  # the flipped view, for the selected images only
-                    z_pub = torch.cat([z_pub, _flipped(glob, pub_images, self.contract, fb,
-                                                       cfg.amp)], 1)
+                if cfg.flip:  # the flipped view, for the selected images only
+                    z_pub = torch.cat([z_pub, _features(glob, pub_images, self.contract,
+                                                        flips=(True,), batch_size=fb,
+                                                        amp=cfg.amp)], 1)
             self.public_classes = (
                 np.arange(len(self.model.public_embeddings), dtype=np.int64)
                 if cfg.public_rows == "all" else np.unique(pub_rows.numpy()))
@@ -290,12 +291,13 @@ class LocalTrainer:
 
         # The training set: local images then public images (CosFace labels L + class slot).
         slots = np.searchsorted(self.public_classes, pub_rows.numpy())
-        self.x_u8 = torch.cat([local_u8, pub_images]).to(dev)
+        x_host = torch.cat([local_u8, pub_images])
+        self.x_u8 = x_host.to(dev)
         self.y = torch.cat([y_local, torch.from_numpy(L + slots).to(dev)])
         self.y_dfc = torch.cat([y_local, torch.full((len(pub_images),), -1, device=dev)])
         self.is_local = torch.cat([torch.ones(len(local_u8), dtype=torch.bool),
                                    torch.zeros(len(pub_images), dtype=torch.bool)]).to(dev)
-        self.z_global = torch.cat([z_local, z_pub])  # (N_all, views, D)
+        self.z_global = torch.cat([z_local, z_pub])  # (N_all, len(flips), D)
 
         # The previous local model's features (the contrastive negatives), once.
         t2 = time.perf_counter()
@@ -303,7 +305,7 @@ class LocalTrainer:
         have_prev = self.private is not None and self.private.local_backbone is not None
         if cfg.contrastive_mu > 0 and have_prev:
             prev = build_model_backbone(self.model, self.private.local_backbone, device=dev)
-            self.z_prev = _features(prev, self.x_u8.cpu(), self.contract, views=views,
+            self.z_prev = _features(prev, x_host, self.contract, flips=flips,
                                     batch_size=fb, amp=cfg.amp)
             del prev
         self.timings["previous_features_s"] = time.perf_counter() - t2
@@ -386,9 +388,9 @@ class LocalTrainer:
                                               self.dfc.bias)
             total = total + cfg.dfc_weight * terms["dfc"]
         if self.z_prev is not None:
-            zg = self.z_global[idx, v] if self.z_global.shape[1] > 1 else self.z_global[idx, 0]
-            zp = self.z_prev[idx, v] if self.z_prev.shape[1] > 1 else self.z_prev[idx, 0]
-            terms["contrastive"] = contrastive_regularizer(feats, zg, zp,
+            # view index 1 exists only with flips on; without them every view index is 0
+            terms["contrastive"] = contrastive_regularizer(feats, self.z_global[idx, v],
+                                                           self.z_prev[idx, v],
                                                            cfg.contrastive_temperature)
             total = total + cfg.contrastive_mu * terms["contrastive"]
         if self.anchors is not None:
@@ -473,13 +475,6 @@ class LocalTrainer:
             rounds=(0 if self.private is None else self.private.rounds) + 1,
         )
         return LocalResult(update, private, metrics)
-
-
-@torch.no_grad()
-def _flipped(net: nn.Module, images: torch.Tensor, contract: InputContract, batch_size: int,
-             amp: bool) -> torch.Tensor:
-    """(N, 1, D) features of the flipped images."""
-    return _features(net, images.flip(2), contract, views=1, batch_size=batch_size, amp=amp)
 
 
 def local_round(model: GlobalModel, images: np.ndarray, labels: np.ndarray, cfg: LocalConfig,
