@@ -1,0 +1,753 @@
+"""The aggregator's logic, independent of HTTP: devices, model versions, rounds, updates.
+
+Every state change is one database transaction, and every invariant that several workers
+could race on is enforced by the database (see :mod:`aggregator.db`), not by process memory:
+
+- **assignment**: ``UPDATE rounds SET num_assigned = num_assigned + 1 WHERE ... AND
+  num_assigned < capacity`` and a unique (round, device) assignment;
+- **upload**: the blob is written (fsynced, renamed) first, then one transaction flips the
+  device's assignment ``assigned -> received`` and bumps ``num_received`` under ``< target``;
+  only then is the 202 sent. A retry of the same bytes gets the same receipt;
+- **aggregation**: a conditional UPDATE claims the round (``open -> aggregating`` with a
+  random claim and a lease); the updates are folded in one at a time with
+  :class:`fedfr.fl.RoundAggregate` (O(model) memory); one transaction inserts the new model
+  version and marks the round ``completed`` *only if the claim is still ours*. A process killed
+  while aggregating leaves the round ``aggregating``; once the lease runs out any worker's
+  sweep takes it over. No partial version can be published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aggregator import db
+from aggregator.blobs import FileBlobStore
+from aggregator.problems import Problem, bad_request, conflict, not_found
+from aggregator.settings import Settings
+from aggregator.validation import check_against_spec, check_norm, shared_spec
+from fedfr.errors import DataFormatError
+from fedfr.fl import GlobalModel, RoundAggregate, backbone_arrays
+from fedfr.fl.wire import decode_update, load_public_pack
+
+log = logging.getLogger("aggregator")
+
+DEVICE_TOKEN_PREFIX = "fdt_"
+ENROLLMENT_TOKEN_PREFIX = "fet_"
+ADMIN_TOKEN_PREFIX = "fat_"
+ROUND_STATES = ("open", "aggregating", "completed", "failed", "aborted")
+#: Largest training config a round may carry (it goes to every device in every check-in).
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    id: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    round_id: int
+    device_id: int
+    sha256: str
+    size: int
+    num_samples: int
+    received_at: float
+    duplicate: bool = False
+
+    def to_json(self) -> dict:
+        return {"status": "accepted", "round_id": self.round_id, "device_id": self.device_id,
+                "sha256": self.sha256, "size": self.size, "num_samples": self.num_samples,
+                "received_at": self.received_at, "duplicate": self.duplicate}
+
+
+class Service:
+    """One aggregator: a database, a blob store and the settings (thread-safe; one per process
+    or worker, any number of them on one database)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = FileBlobStore(settings.blob_dir)
+        self.engine = db.make_engine(settings.url)
+        self.sessions = db.make_sessionmaker(self.engine)
+        self._models: OrderedDict[int, GlobalModel] = OrderedDict()
+        self._models_lock = threading.Lock()
+        self._admin_hash = hash_token(load_admin_token(settings))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- counters (/metrics)
+    def bump(self, name: str, amount: float = 1.0) -> None:
+        """Add to a shared counter (its own small transaction; never fails a request)."""
+        try:
+            with self.sessions.begin() as s:
+                n = s.execute(update(db.Counter).where(db.Counter.name == name)
+                              .values(value=db.Counter.value + amount)).rowcount
+                if not n:
+                    s.add(db.Counter(name=name, value=amount))
+        except IntegrityError:  # another worker inserted it first
+            with self.sessions.begin() as s:
+                s.execute(update(db.Counter).where(db.Counter.name == name)
+                          .values(value=db.Counter.value + amount))
+        except Exception:  # metrics must not take a request down
+            log.exception("counter %s not updated", name)
+
+    def reject(self, problem: Problem) -> Problem:
+        self.bump(f'fedfr_updates_rejected_total{{reason="{problem.reason}"}}')
+        return problem
+
+    # ---------------------------------------------------------------- auth
+    def authenticate_admin(self, token: str | None) -> None:
+        if not token:
+            raise Problem(401, "unauthorized", "missing bearer token",
+                          headers={"WWW-Authenticate": "Bearer"})
+        if hmac.compare_digest(hash_token(token), self._admin_hash):
+            return
+        with self.sessions() as s:
+            is_device = s.scalar(select(db.Device.id).where(
+                db.Device.token_hash == hash_token(token))) is not None
+        if is_device:
+            raise Problem(403, "forbidden", "device tokens cannot use admin endpoints")
+        raise Problem(401, "unauthorized", "invalid admin token",
+                      headers={"WWW-Authenticate": "Bearer"})
+
+    def authenticate_device(self, token: str | None) -> DeviceIdentity:
+        if not token:
+            raise Problem(401, "unauthorized", "missing bearer token",
+                          headers={"WWW-Authenticate": "Bearer"})
+        with self.sessions.begin() as s:
+            dev = s.scalar(select(db.Device).where(db.Device.token_hash == hash_token(token)))
+            if dev is None:
+                raise Problem(401, "unauthorized", "invalid device token",
+                              headers={"WWW-Authenticate": "Bearer"})
+            t = now()
+            if dev.last_seen is None or t - dev.last_seen > 60:  # rate-limit the write
+                dev.last_seen = t
+            return DeviceIdentity(dev.id)
+
+    # ---------------------------------------------------------------- enrollment, devices
+    def create_enrollment_token(self, *, label: str = "", max_uses: int = 1,
+                                expires_in: float | None = None) -> dict:
+        if max_uses < 1:
+            raise bad_request("invalid_request", "max_uses must be >= 1")
+        if expires_in is not None and not expires_in > 0:
+            raise bad_request("invalid_request", "expires_in must be > 0 seconds")
+        token = new_token(ENROLLMENT_TOKEN_PREFIX)
+        t = now()
+        with self.sessions.begin() as s:
+            row = db.EnrollmentToken(token_hash=hash_token(token), label=label,
+                                     max_uses=max_uses, uses=0, created_at=t,
+                                     expires_at=None if expires_in is None else t + expires_in)
+            s.add(row)
+            s.flush()
+            return {"id": row.id, "enrollment_token": token, "label": label,
+                    "max_uses": max_uses, "expires_at": row.expires_at}
+
+    def register_device(self, enrollment_token: str, info: dict) -> dict:
+        token = new_token(DEVICE_TOKEN_PREFIX)
+        with self.sessions.begin() as s:
+            et = s.scalar(select(db.EnrollmentToken).where(
+                db.EnrollmentToken.token_hash == hash_token(enrollment_token)))
+            if et is None:
+                raise Problem(401, "invalid_enrollment_token", "unknown enrollment token")
+            if et.expires_at is not None and et.expires_at < now():
+                raise Problem(401, "invalid_enrollment_token", "the enrollment token expired")
+            used = s.execute(update(db.EnrollmentToken)
+                             .where(db.EnrollmentToken.id == et.id,
+                                    db.EnrollmentToken.uses < db.EnrollmentToken.max_uses)
+                             .values(uses=db.EnrollmentToken.uses + 1)).rowcount
+            if not used:
+                raise Problem(401, "invalid_enrollment_token",
+                              "the enrollment token has been used up")
+            dev = db.Device(token_hash=hash_token(token), enrollment_token_id=et.id,
+                            info=info, created_at=now())
+            s.add(dev)
+            s.flush()
+            device_id = dev.id
+        self.bump("fedfr_devices_registered_total")
+        return {"device_id": device_id, "device_token": token}
+
+    # ---------------------------------------------------------------- model versions
+    def publish_model(self, checkpoint: Path, *, public_pack: Path | None = None,
+                      parent_version: int | None = None, description: dict | None = None
+                      ) -> dict:
+        """Publish a checkpoint (``fedfr pretrain``'s format) as a new model version.
+
+        ``public_pack`` (a :func:`fedfr.fl.wire.save_public_pack` file) goes with it; without
+        one the parent's pack, if any, is inherited.
+        """
+        try:
+            model = GlobalModel.load(checkpoint)
+        except DataFormatError as e:
+            raise bad_request("invalid_checkpoint", str(e)) from None
+        except ValueError as e:  # CheckpointError
+            raise bad_request("invalid_checkpoint", str(e)) from None
+        if not model.backbone:
+            raise bad_request("invalid_checkpoint", "the checkpoint holds no backbone tensor")
+        pack_sha = pack_size = None
+        if public_pack is not None:
+            try:
+                kind, _, labels, _ = load_public_pack(public_pack)
+            except DataFormatError as e:
+                raise bad_request("invalid_public_pack", str(e)) from None
+            if kind == "images" and model.public_embeddings is None:
+                raise bad_request("invalid_public_pack", "an images public pack needs a model "
+                                  "with public class embeddings")
+            if labels is not None and labels.size and (
+                    int(labels.max()) >= model.public_embeddings.shape[0]):
+                raise bad_request("invalid_public_pack", f"public pack labels reach row "
+                                  f"{int(labels.max())} but the model has "
+                                  f"{model.public_embeddings.shape[0]} public classes")
+            tmp = self.blobs.staging()
+            tmp.write_bytes(Path(public_pack).read_bytes())
+            pack_sha, pack_size = self.blobs.put_file(tmp)
+        with self.sessions.begin() as s:
+            if parent_version is not None and s.get(db.ModelVersion, parent_version) is None:
+                raise not_found("unknown_model_version", f"no model version {parent_version}")
+            if public_pack is None and parent_version is not None:
+                parent = s.get(db.ModelVersion, parent_version)
+                pack_sha, pack_size = parent.public_pack_sha, parent.public_pack_size
+            row = self._insert_version(s, model, parent_version=parent_version, round_id=None,
+                                       pack=(pack_sha, pack_size),
+                                       description=description or {})
+            out = version_json(row)
+        self.bump("fedfr_model_versions_published_total")
+        return out
+
+    def _insert_version(self, s: Session, model: GlobalModel, *, parent_version: int | None,
+                        round_id: int | None, pack: tuple[str | None, int | None],
+                        description: dict) -> db.ModelVersion:
+        """Insert a version row, write its blob (stamped with the version number) and point the
+        row at it — all inside the caller's transaction: no row without its blob."""
+        row = db.ModelVersion(parent_version=parent_version, round_id=round_id, blob_sha="",
+                              size=0, public_pack_sha=pack[0], public_pack_size=pack[1],
+                              arch=model.arch, embedding_size=int(model.embedding_size),
+                              shared_spec=shared_spec(model), description=description,
+                              created_at=now())
+        s.add(row)
+        s.flush()
+        stamped = model.with_(version=str(row.version), metadata={
+            **model.metadata, "parent_version": parent_version, "round_id": round_id})
+        tmp = self.blobs.staging()
+        try:
+            stamped.save(tmp)
+            row.blob_sha, row.size = self.blobs.put_file(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return row
+
+    def current_version(self, s: Session) -> db.ModelVersion | None:
+        return s.scalar(select(db.ModelVersion).order_by(db.ModelVersion.version.desc())
+                        .limit(1))
+
+    def list_models(self) -> list[dict]:
+        with self.sessions() as s:
+            rows = s.scalars(select(db.ModelVersion).order_by(db.ModelVersion.version)).all()
+            cur = rows[-1].version if rows else None
+            return [{**version_json(r), "current": r.version == cur} for r in rows]
+
+    def model_row(self, version: int) -> db.ModelVersion:
+        with self.sessions() as s:
+            row = s.get(db.ModelVersion, version)
+        if row is None:
+            raise not_found("unknown_model_version", f"no model version {version}")
+        return row
+
+    def load_model(self, version: int) -> GlobalModel:
+        """A model version's arrays (cached: the last few versions stay in memory)."""
+        with self._models_lock:
+            if version in self._models:
+                self._models.move_to_end(version)
+                return self._models[version]
+        row = self.model_row(version)
+        model = GlobalModel.load(self.blobs.path(row.blob_sha))
+        with self._models_lock:
+            self._models[version] = model
+            while len(self._models) > 2:
+                self._models.popitem(last=False)
+        return model
+
+    # ---------------------------------------------------------------- rounds
+    def start_round(self, *, base_version: int | None, target: int, min_devices: int | None,
+                    over_selection: float, deadline_seconds: float, config: dict,
+                    row_weighting: str = "uniform", repeat: int = 1) -> dict:
+        if target < 1:
+            raise bad_request("invalid_round", "target must be >= 1 device")
+        min_devices = target if min_devices is None else min_devices
+        if not 1 <= min_devices <= target:
+            raise bad_request("invalid_round", f"min_devices must be in 1..target ({target}), "
+                              f"got {min_devices}")
+        if not (math.isfinite(over_selection) and over_selection >= 1.0):
+            raise bad_request("invalid_round", "over_selection must be >= 1.0 "
+                              "(1.3 assigns 30% more devices than the target)")
+        if not (math.isfinite(deadline_seconds) and deadline_seconds > 0):
+            raise bad_request("invalid_round", "deadline_seconds must be > 0")
+        if row_weighting not in ("uniform", "samples"):
+            raise bad_request("invalid_round", "row_weighting must be 'uniform' or 'samples'")
+        if repeat < 1:
+            raise bad_request("invalid_round", "repeat must be >= 1")
+        import json
+
+        if len(json.dumps(config)) > MAX_CONFIG_BYTES:
+            raise bad_request("invalid_round", f"config larger than {MAX_CONFIG_BYTES} bytes")
+        with self.sessions.begin() as s:
+            if base_version is None:
+                cur = self.current_version(s)
+                if cur is None:
+                    raise conflict("no_model", "no model version is published yet: publish one "
+                                   "(POST /v1/admin/models) before starting a round")
+                base_version = cur.version
+            elif s.get(db.ModelVersion, base_version) is None:
+                raise not_found("unknown_model_version", f"no model version {base_version}")
+            busy = s.scalar(select(db.Round.id).where(
+                db.Round.status.in_(("open", "aggregating"))).limit(1))
+            if busy is not None:
+                raise conflict("round_in_progress", f"round {busy} is still in progress: close "
+                               f"or abort it first")
+            row = self._new_round(s, base_version, target, min_devices, over_selection,
+                                  deadline_seconds, config, row_weighting, repeat)
+            out = round_json(row)
+        self.bump("fedfr_rounds_started_total")
+        return out
+
+    @staticmethod
+    def _new_round(s: Session, base_version: int, target: int, min_devices: int,
+                   over_selection: float, deadline_seconds: float, config: dict,
+                   row_weighting: str, repeat: int) -> db.Round:
+        t = now()
+        row = db.Round(base_version=base_version, status="open", target=target,
+                       min_devices=min_devices, over_selection=over_selection,
+                       capacity=max(target, math.ceil(target * over_selection - 1e-9)),
+                       deadline_at=t + deadline_seconds, config=dict(config),
+                       row_weighting=row_weighting, repeat=repeat, num_assigned=0,
+                       num_received=0, stats={"deadline_seconds": deadline_seconds},
+                       created_at=t)
+        s.add(row)
+        s.flush()
+        return row
+
+    def list_rounds(self, status: str | None = None) -> list[dict]:
+        with self.sessions() as s:
+            q = select(db.Round).order_by(db.Round.id)
+            if status:
+                if status not in ROUND_STATES:
+                    raise bad_request("invalid_request", f"status must be one of {ROUND_STATES}")
+                q = q.where(db.Round.status == status)
+            return [round_json(r) for r in s.scalars(q).all()]
+
+    def get_round(self, round_id: int) -> dict:
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            if r is None:
+                raise not_found("unknown_round", f"no round {round_id}")
+            return round_json(r)
+
+    def abort_round(self, round_id: int) -> dict:
+        with self.sessions.begin() as s:
+            n = s.execute(update(db.Round).where(db.Round.id == round_id,
+                                                 db.Round.status == "open")
+                          .values(status="aborted", closed_at=now(),
+                                  reason="aborted by an operator")).rowcount
+            if not n:
+                r = s.get(db.Round, round_id)
+                if r is None:
+                    raise not_found("unknown_round", f"no round {round_id}")
+                raise conflict("round_not_open", f"round {round_id} is {r.status}, not open")
+        self.bump('fedfr_rounds_finished_total{status="aborted"}')
+        return self.get_round(round_id)
+
+    def close_round(self, round_id: int) -> dict:
+        """End a round now: aggregate what arrived if at least the minimum did, else fail."""
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            if r is None:
+                raise not_found("unknown_round", f"no round {round_id}")
+            if r.status != "open":
+                raise conflict("round_not_open", f"round {round_id} is {r.status}, not open")
+        self.try_aggregate(round_id, force=True)
+        return self.get_round(round_id)
+
+    # ---------------------------------------------------------------- device work
+    def checkin(self, device: DeviceIdentity) -> dict | None:
+        """The device's task in the open round (assigning it if there is room), or ``None``."""
+        self.sweep()
+        for _ in range(3):  # retried only when the same device raced itself
+            try:
+                return self._checkin(device)
+            except IntegrityError:  # the unique (round, device) assignment: one wins
+                continue
+        raise Problem(409, "conflict", "concurrent check-ins of one device; retry")
+
+    def _checkin(self, device: DeviceIdentity) -> dict | None:
+        with self.sessions.begin() as s:
+            r = s.scalar(select(db.Round).where(db.Round.status == "open")
+                         .order_by(db.Round.id).limit(1))
+            if r is None or r.deadline_at <= now():
+                return None
+            a = s.scalar(select(db.Assignment).where(db.Assignment.round_id == r.id,
+                                                     db.Assignment.device_id == device.id))
+            if a is not None:
+                return self._task(s, r) if a.status == "assigned" else None
+            got = s.execute(update(db.Round).where(db.Round.id == r.id,
+                                                   db.Round.status == "open",
+                                                   db.Round.num_assigned < db.Round.capacity)
+                            .values(num_assigned=db.Round.num_assigned + 1)).rowcount
+            if not got:
+                return None
+            s.add(db.Assignment(round_id=r.id, device_id=device.id, status="assigned",
+                                assigned_at=now()))
+            s.flush()  # IntegrityError here rolls the whole transaction back
+            task = self._task(s, r)
+        self.bump("fedfr_assignments_total")
+        return task
+
+    def _task(self, s: Session, r: db.Round) -> dict:
+        mv = s.get(db.ModelVersion, r.base_version)
+        pack = None
+        if mv.public_pack_sha:
+            pack = {"url": f"/v1/models/{mv.version}/public-pack", "sha256": mv.public_pack_sha,
+                    "size": mv.public_pack_size}
+        return {"round_id": r.id, "model_version": mv.version, "deadline_at": r.deadline_at,
+                "config": r.config,
+                "model": {"url": f"/v1/models/{mv.version}", "sha256": mv.blob_sha,
+                          "size": mv.size, "arch": mv.arch,
+                          "embedding_size": mv.embedding_size},
+                "public_pack": pack,
+                "upload_url": f"/v1/rounds/{r.id}/updates"}
+
+    def upload_limit(self, round_id: int) -> int:
+        if self.settings.max_upload_bytes:
+            return self.settings.max_upload_bytes
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            if r is None:
+                return 1 << 20
+            mv = s.get(db.ModelVersion, r.base_version)
+            return 2 * int(mv.size) + (1 << 20)
+
+    def precheck_upload(self, device: DeviceIdentity, round_id: int) -> None:
+        """Refuse an upload before reading its body when the answer cannot be yes."""
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            if r is None:
+                raise self.reject(not_found("unknown_round", f"no round {round_id}"))
+            a = s.scalar(select(db.Assignment).where(db.Assignment.round_id == round_id,
+                                                     db.Assignment.device_id == device.id))
+            if a is None:
+                raise self.reject(Problem(403, "not_assigned", f"device {device.id} is not "
+                                          f"assigned to round {round_id}"))
+            if a.status == "assigned" and r.status != "open":
+                raise self.reject(conflict("round_closed", f"round {round_id} is {r.status}: "
+                                           f"the update is too late"))
+
+    def accept_update(self, device: DeviceIdentity, round_id: int, staged: Path,
+                      sha256: str, size: int) -> Receipt:
+        """Validate a staged upload and accept it (see the module doc); the staged file is
+        consumed. Raises :class:`Problem` (counted by reason) when refused."""
+        try:
+            return self._accept(device, round_id, staged, sha256, size)
+        except Problem as p:
+            if p.reason != "duplicate":
+                self.reject(p)
+            raise
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _accept(self, device: DeviceIdentity, round_id: int, staged: Path, sha256: str,
+                size: int) -> Receipt:
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            if r is None:
+                raise not_found("unknown_round", f"no round {round_id}")
+            a = s.scalar(select(db.Assignment).where(db.Assignment.round_id == round_id,
+                                                     db.Assignment.device_id == device.id))
+            if a is None:
+                raise Problem(403, "not_assigned",
+                              f"device {device.id} is not assigned to round {round_id}")
+            mv = s.get(db.ModelVersion, r.base_version)
+        if a.status == "received":  # a retry: same bytes -> same receipt; else a conflict
+            if a.update_sha == sha256:
+                return Receipt(round_id, device.id, sha256, int(a.update_size),
+                               int(a.num_samples), float(a.received_at), duplicate=True)
+            raise conflict("already_received", f"device {device.id} already sent a different "
+                           f"update for round {round_id} (sha256 {a.update_sha})")
+        if r.status != "open":
+            raise conflict("round_closed", f"round {round_id} is {r.status}: the update is "
+                           f"too late")
+        try:
+            env = decode_update(staged)
+        except DataFormatError as e:
+            raise bad_request("invalid_format", str(e)) from None
+        if env.round_id != round_id:
+            raise bad_request("wrong_round", f"the update says round {env.round_id}, it was "
+                              f"sent to round {round_id}")
+        if env.base_version != r.base_version:
+            raise bad_request("wrong_base_version", f"the update was trained from model "
+                              f"version {env.base_version}; round {round_id} trains version "
+                              f"{r.base_version}")
+        check_against_spec(env, mv.shared_spec)
+        check_norm(env, self.load_model(r.base_version), self.settings.max_update_norm_ratio)
+        num_samples = int(env.update.num_samples)
+        del env
+        self.blobs.put_file(staged, sha256)  # durable before the row that points at it
+        t = now()
+        with self.sessions.begin() as s:
+            flipped = s.execute(
+                update(db.Assignment)
+                .where(db.Assignment.round_id == round_id, db.Assignment.device_id == device.id,
+                       db.Assignment.status == "assigned")
+                .values(status="received", update_sha=sha256, update_size=size,
+                        num_samples=num_samples, received_at=t)
+            ).rowcount
+            counted = flipped and s.execute(
+                update(db.Round).where(db.Round.id == round_id, db.Round.status == "open",
+                                       db.Round.num_received < db.Round.target,
+                                       db.Round.deadline_at > t)
+                .values(num_received=db.Round.num_received + 1)).rowcount
+            if not counted:
+                s.rollback()
+        if not counted:
+            self._drop_unreferenced(sha256)
+            if not flipped:  # a concurrent retry of this device won: answer as a retry
+                return self._accept(device, round_id, _NO_FILE, sha256, size)
+            raise conflict("round_closed", f"round {round_id} no longer takes updates "
+                           f"(target reached, deadline passed or closed)")
+        self.bump("fedfr_updates_accepted_total")
+        self.bump("fedfr_upload_bytes_total", size)
+        return Receipt(round_id, device.id, sha256, size, num_samples, t)
+
+    def _drop_unreferenced(self, sha256: str) -> None:
+        with self.sessions() as s:
+            used = s.scalar(select(func.count()).select_from(db.Assignment)
+                            .where(db.Assignment.update_sha == sha256))
+        if not used:
+            self.blobs.delete(sha256)
+
+    def round_ready(self, round_id: int) -> bool:
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            return r is not None and r.status == "open" and r.num_received >= r.target
+
+    # ---------------------------------------------------------------- aggregation
+    def sweep(self) -> None:
+        """Aggregate or fail the rounds whose time has come (target reached, deadline passed,
+        or an aggregation lease that expired with its process)."""
+        t = now()
+        with self.sessions() as s:
+            due = s.scalars(select(db.Round.id).where(
+                ((db.Round.status == "open")
+                 & ((db.Round.num_received >= db.Round.target) | (db.Round.deadline_at <= t)))
+                | ((db.Round.status == "aggregating") & (db.Round.lease_until < t)))).all()
+        for rid in due:
+            self.try_aggregate(rid)
+
+    def try_aggregate(self, round_id: int, *, force: bool = False) -> bool:
+        """Claim the round and aggregate it (or fail it below the minimum). ``False`` when
+        the round was not due or another worker holds it."""
+        claim = uuid.uuid4().hex
+        t = now()
+        is_open = db.Round.status == "open"
+        if not force:
+            is_open = is_open & ((db.Round.num_received >= db.Round.target)
+                                 | (db.Round.deadline_at <= t))
+        with self.sessions.begin() as s:
+            got = s.execute(
+                update(db.Round).where(
+                    db.Round.id == round_id,
+                    is_open | ((db.Round.status == "aggregating") & (db.Round.lease_until < t)))
+                .values(status="aggregating", claim=claim,
+                        lease_until=t + self.settings.aggregation_lease)).rowcount
+        if not got:
+            return False
+        try:
+            self._aggregate(round_id, claim, t)
+        except Exception as e:  # a broken blob or a bug: fail the round, keep the base
+            log.exception("aggregation of round %s failed", round_id)
+            self._finish_failed(round_id, claim, f"aggregation error: {e}")
+        return True
+
+    def _finish_failed(self, round_id: int, claim: str, reason: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(db.Round).where(db.Round.id == round_id, db.Round.claim == claim,
+                                             db.Round.status == "aggregating")
+                      .values(status="failed", reason=reason[:500], closed_at=now()))
+        self.bump('fedfr_rounds_finished_total{status="failed"}')
+
+    def _aggregate(self, round_id: int, claim: str, started: float) -> None:
+        t0 = time.perf_counter()
+        with self.sessions() as s:
+            r = s.get(db.Round, round_id)
+            received = s.execute(select(db.Assignment.update_sha, db.Assignment.num_samples)
+                                 .where(db.Assignment.round_id == round_id,
+                                        db.Assignment.status == "received")
+                                 .order_by(db.Assignment.device_id)).all()
+            base_row = s.get(db.ModelVersion, r.base_version)
+        if len(received) < r.min_devices:
+            self._finish_failed(round_id, claim, f"{len(received)} updates received, below the "
+                                f"minimum of {r.min_devices}; model version {r.base_version} "
+                                f"stays current")
+            return
+        base = self.load_model(r.base_version)
+        agg = RoundAggregate(base.public_embeddings, row_weighting=r.row_weighting)
+        for sha, _ in received:  # one update in memory at a time
+            agg.add(decode_update(self.blobs.path(sha)).update)
+        arrays, public = agg.result()
+        model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
+        seconds = time.perf_counter() - t0
+        stats = {**(r.stats or {}), "devices": agg.count, "samples": agg.num_samples,
+                 "metrics": agg.metrics, "aggregation_seconds": seconds}
+        with self.sessions.begin() as s:
+            mine = s.execute(update(db.Round).where(db.Round.id == round_id,
+                                                    db.Round.claim == claim,
+                                                    db.Round.status == "aggregating")
+                             .values(status="completed", closed_at=now(), stats=stats))
+            if not mine.rowcount:  # lease lost to another worker: publish nothing
+                s.rollback()
+                return
+            row = self._insert_version(
+                s, model, parent_version=r.base_version, round_id=round_id,
+                pack=(base_row.public_pack_sha, base_row.public_pack_size),
+                description={"round": round_id, "devices": agg.count,
+                             "samples": agg.num_samples})
+            s.execute(update(db.Round).where(db.Round.id == round_id)
+                      .values(result_version=row.version))
+            if r.repeat > 1:
+                self._new_round(s, row.version, r.target, r.min_devices, r.over_selection,
+                                float((r.stats or {}).get("deadline_seconds", 3600)),
+                                r.config, r.row_weighting, r.repeat - 1)
+        self.bump('fedfr_rounds_finished_total{status="completed"}')
+        self.bump("fedfr_aggregation_seconds_sum", seconds)
+        self.bump("fedfr_aggregation_seconds_count")
+        self.bump("fedfr_model_versions_published_total")
+        if not self.settings.keep_updates:
+            for sha, _ in received:
+                self._drop_unreferenced_after_round(sha)
+        log.info("round %s aggregated %d updates into version %s in %.2fs", round_id,
+                 agg.count, row.version, seconds)
+
+    def _drop_unreferenced_after_round(self, sha: str) -> None:
+        with self.sessions() as s:
+            live = s.scalar(select(func.count()).select_from(db.Assignment)
+                            .join(db.Round, db.Round.id == db.Assignment.round_id)
+                            .where(db.Assignment.update_sha == sha,
+                                   db.Round.status.in_(("open", "aggregating"))))
+        if not live:
+            self.blobs.delete(sha)
+
+    # ---------------------------------------------------------------- metrics
+    def metrics_text(self) -> str:
+        with self.sessions() as s:
+            counters = s.execute(select(db.Counter.name, db.Counter.value)
+                                 .order_by(db.Counter.name)).all()
+            by_status = dict(s.execute(select(db.Round.status, func.count())
+                                       .group_by(db.Round.status)).all())
+            devices = s.scalar(select(func.count()).select_from(db.Device))
+            versions = s.scalar(select(func.count()).select_from(db.ModelVersion))
+            cur = self.current_version(s)
+        lines = []
+        seen: set[str] = set()
+        for name, value in counters:
+            base = name.split("{", 1)[0]
+            if base not in seen:
+                seen.add(base)
+                kind = "summary" if base.startswith("fedfr_aggregation_seconds") else "counter"
+                if kind == "summary":
+                    base = "fedfr_aggregation_seconds"
+                    if base in seen:
+                        lines.append(f"{name} {value:.17g}")
+                        continue
+                    seen.add(base)
+                lines.append(f"# TYPE {base} {kind}")
+            lines.append(f"{name} {value:.17g}")
+        lines.append("# TYPE fedfr_rounds gauge")
+        for st in ROUND_STATES:
+            lines.append(f'fedfr_rounds{{status="{st}"}} {by_status.get(st, 0)}')
+        lines += ["# TYPE fedfr_devices gauge", f"fedfr_devices {devices}",
+                  "# TYPE fedfr_model_versions gauge", f"fedfr_model_versions {versions}",
+                  "# TYPE fedfr_current_model_version gauge",
+                  f"fedfr_current_model_version {cur.version if cur else 0}"]
+        return "\n".join(lines) + "\n"
+
+    def prune_counters(self) -> None:  # pragma: no cover - operator helper
+        with self.sessions.begin() as s:
+            s.execute(delete(db.Counter))
+
+
+#: Passed when re-answering a retry: the assignment is already ``received``, no file is read.
+_NO_FILE = Path("/nonexistent/fedfr-retry")
+
+
+def version_json(r: db.ModelVersion) -> dict:
+    return {"version": r.version, "parent_version": r.parent_version, "round_id": r.round_id,
+            "sha256": r.blob_sha, "size": r.size, "arch": r.arch,
+            "embedding_size": r.embedding_size,
+            "public_pack": None if not r.public_pack_sha else {
+                "sha256": r.public_pack_sha, "size": r.public_pack_size},
+            "public_classes": (r.shared_spec or {}).get("public_rows"),
+            "description": r.description, "created_at": r.created_at}
+
+
+def round_json(r: db.Round) -> dict:
+    return {"id": r.id, "status": r.status, "base_version": r.base_version,
+            "result_version": r.result_version, "target": r.target,
+            "min_devices": r.min_devices, "over_selection": r.over_selection,
+            "capacity": r.capacity, "deadline_at": r.deadline_at, "config": r.config,
+            "row_weighting": r.row_weighting, "repeat": r.repeat,
+            "num_assigned": r.num_assigned, "num_received": r.num_received,
+            "stats": r.stats, "reason": r.reason, "created_at": r.created_at,
+            "closed_at": r.closed_at}
+
+
+def load_admin_token(settings: Settings) -> str:
+    """The admin token: ``settings.admin_token``, else ``DATA_DIR/admin_token`` (created with
+    mode 0600 on first start)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.admin_token_file
+    if not path.exists():
+        import os
+
+        token = new_token(ADMIN_TOKEN_PREFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker wrote it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    for _ in range(50):  # a concurrent writer may not have written yet
+        token = path.read_text().strip()
+        if token:
+            return token
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} is empty")

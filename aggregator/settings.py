@@ -1,0 +1,100 @@
+"""The aggregator's settings: one object, filled from arguments or ``FEDFR_*`` environment
+variables (uvicorn's worker processes read the environment the ``serve`` command set)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+ENV_PREFIX = "FEDFR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to run.
+
+    Attributes:
+        data_dir: where the blob store, the default SQLite file and ``admin_token`` live.
+        database_url: SQLAlchemy URL; default ``sqlite:///DATA_DIR/aggregator.db``.
+        admin_token: the operators' bearer token; ``None``: read ``DATA_DIR/admin_token``.
+        max_upload_bytes: hard cap on an upload's body; ``0``: twice the base model's shared
+            tensors plus 1 MiB (an update is never larger than the model it trains).
+        max_update_norm_ratio: an update is refused when ``||update - base|| / ||base||``
+            over its floating tensors exceeds this (a diverged or malicious device).
+        checkin_retry_after: seconds a device without work is told to wait.
+        sweep_interval: seconds between deadline checks in the background.
+        aggregation_lease: seconds after which a round left ``aggregating`` by a crashed
+            process may be taken over by another.
+        keep_updates: keep update blobs after their round aggregated (default: delete them).
+        auto_migrate: apply database migrations when the app starts.
+    """
+
+    data_dir: Path
+    database_url: str | None = None
+    admin_token: str | None = None
+    max_upload_bytes: int = 0
+    max_update_norm_ratio: float = 1.0
+    checkin_retry_after: int = 30
+    sweep_interval: float = 2.0
+    aggregation_lease: float = 300.0
+    keep_updates: bool = False
+    auto_migrate: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.max_upload_bytes < 0:
+            raise ValueError("max_upload_bytes must be >= 0")
+        if not self.max_update_norm_ratio > 0:
+            raise ValueError("max_update_norm_ratio must be > 0")
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'aggregator.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin_token"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that :meth:`from_env` reads back into these settings."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                out[ENV_PREFIX + f.name.upper()] = str(int(v) if isinstance(v, bool) else v)
+        return out
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``FEDFR_<FIELD>`` variables (``FEDFR_DATA_DIR`` is required)."""
+        env = dict(os.environ if env is None else env)
+        kw: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            typ = str(f.type)
+            try:
+                if "bool" in typ:
+                    kw[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif typ.startswith("int"):
+                    kw[f.name] = int(raw)
+                elif typ.startswith("float"):
+                    kw[f.name] = float(raw)
+                else:
+                    kw[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid "
+                                 f"{typ}") from None
+        kw.update(overrides)
+        if "data_dir" not in kw:
+            raise ValueError(f"{ENV_PREFIX}DATA_DIR is not set (the aggregator's data directory)")
+        return cls(**kw)  # type: ignore[arg-type]
