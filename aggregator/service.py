@@ -593,6 +593,12 @@ class Service:
             self._finish_failed(round_id, claim, f"aggregation error: {e}")
         return True
 
+    def _renew_lease(self, round_id: int, claim: str) -> None:
+        """Keep a long aggregation's claim alive (a dead process stops renewing it)."""
+        with self.sessions.begin() as s:
+            s.execute(update(db.Round).where(db.Round.id == round_id, db.Round.claim == claim)
+                      .values(lease_until=now() + self.settings.aggregation_lease))
+
     def _finish_failed(self, round_id: int, claim: str, reason: str) -> None:
         with self.sessions.begin() as s:
             s.execute(update(db.Round).where(db.Round.id == round_id, db.Round.claim == claim,
@@ -616,8 +622,12 @@ class Service:
             return
         base = self.load_model(r.base_version)
         agg = RoundAggregate(base.public_embeddings, row_weighting=r.row_weighting)
+        renewed = time.monotonic()
         for sha, _ in received:  # one update in memory at a time
             agg.add(decode_update(self.blobs.path(sha)).update)
+            if time.monotonic() - renewed > self.settings.aggregation_lease / 3:
+                self._renew_lease(round_id, claim)
+                renewed = time.monotonic()
         arrays, public = agg.result()
         model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
         seconds = time.perf_counter() - t0

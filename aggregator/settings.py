@@ -25,7 +25,7 @@ class Settings:
         checkin_retry_after: seconds a device without work is told to wait.
         sweep_interval: seconds between deadline checks in the background.
         aggregation_lease: seconds after which a round left ``aggregating`` by a crashed
-            process may be taken over by another.
+            process may be taken over by another (a live aggregation renews its lease).
         keep_updates: keep update blobs after their round aggregated (default: delete them).
         auto_migrate: apply database migrations when the app starts.
     """
@@ -37,7 +37,7 @@ class Settings:
     max_update_norm_ratio: float = 1.0
     checkin_retry_after: int = 30
     sweep_interval: float = 2.0
-    aggregation_lease: float = 300.0
+    aggregation_lease: float = 30.0
     keep_updates: bool = False
     auto_migrate: bool = True
 
