@@ -159,7 +159,10 @@ def _admin(args: argparse.Namespace, c) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aggregator import __version__
+
     p = argparse.ArgumentParser(prog="aggregator", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"aggregator {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the aggregator (uvicorn)")

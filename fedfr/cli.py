@@ -193,6 +193,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_public_pack(args: argparse.Namespace) -> int:
+    from fedfr.data.manifest import SyntheticDataset
+    from fedfr.train.local_state import PublicPack
+
+    if args.kind == "embeddings":
+        pack = PublicPack("embeddings")
+        meta = {}
+    else:
+        if not args.data:
+            raise ValueError("--data (a synthetic data set folder) is required for an images "
+                             "pack; --kind embeddings needs none")
+        ds = SyntheticDataset.load(args.data)
+        pack = PublicPack.from_images(ds.public.load(), ds.public.labels,
+                                      per_class=args.per_class, seed=args.seed)
+        meta = {"source": f"synthetic:{ds.profile}:seed={ds.seed}:public",
+                "per_class": args.per_class}
+    pack.save(args.out, metadata=meta)
+    info = {"out": str(args.out), "kind": pack.kind, "bytes": Path(args.out).stat().st_size,
+            "images": 0 if pack.images is None else len(pack.images),
+            "classes": 0 if pack.labels is None else len(set(pack.labels.tolist()))}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"wrote {info['out']}: {info['kind']} pack, {info['images']} images of "
+              f"{info['classes']} public classes, {info['bytes'] / 1e6:.2f} MB")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -251,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("public-pack", help="write the public pack devices mine hard negatives "
+                                           "from (published with a model: aggregator admin)")
+    k.add_argument("--data", help="synthetic data set folder (its public split)")
+    k.add_argument("--out", required=True, help="pack file to write (.safetensors)")
+    k.add_argument("--kind", choices=("images", "embeddings"), default="images",
+                   help="images: public crops (the paper); embeddings: no image at all")
+    k.add_argument("--per-class", type=int, default=4, help="images kept per public class")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_public_pack)
 
     m = sub.add_parser("simulate", help="run FedFR and its baselines on the same data, "
                                         "evaluate every round, write results.json/.md + plots")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedfr.cli import main
@@ -109,6 +110,32 @@ def test_eval_on_a_verification_bin(tiny, tmp_path, capsys):
     assert ver["num_genuine"] + ver["num_impostor"] == 40
     assert ver["num_genuine"] == int(np.sum(ds.eval.issame[:40]))
     assert (out / "roc.png").exists()
+
+
+def test_public_pack_from_the_public_split(tiny, tmp_path, capsys):
+    from fedfr.data.manifest import SyntheticDataset
+    from fedfr.train.local_state import PublicPack
+
+    out = tmp_path / "pack.safetensors"
+    assert main(["public-pack", "--data", str(tiny), "--per-class", "2", "--out", str(out),
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    ds = SyntheticDataset.load(tiny)
+    n_cls = len(set(np.asarray(ds.public.labels).tolist()))
+    assert info["classes"] == n_cls and info["images"] == 2 * n_cls
+    pack = PublicPack.load(out)
+    assert pack.kind == "images" and pack.images.shape[0] == 2 * n_cls
+    # the images are the public split's own crops, labelled with their classes
+    pub = ds.public.load()
+    labels = np.asarray(ds.public.labels)
+    for img, lab in zip(pack.images[:5], pack.labels[:5], strict=True):
+        hits = np.flatnonzero((pub == img).all(axis=(1, 2, 3)))
+        assert hits.size and labels[hits[0]] == lab
+    emb = tmp_path / "emb.safetensors"
+    assert main(["public-pack", "--kind", "embeddings", "--out", str(emb)]) == 0
+    assert PublicPack.load(emb).kind == "embeddings"
+    assert main(["public-pack", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "--data" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("package", ["aggregator", "device_sdk"])

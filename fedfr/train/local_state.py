@@ -3,7 +3,9 @@ the private state kept between rounds, and the round's result (see :mod:`fedfr.t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +62,21 @@ class PublicPack:
             sel = np.concatenate(keep)
             images, labels = images[sel], labels[sel]
         return cls("images", np.ascontiguousarray(images), labels)
+
+    def save(self, path: str | os.PathLike[str], *, metadata: dict | None = None) -> Path:
+        """Write the pack in the wire format the aggregator serves
+        (:func:`fedfr.fl.wire.save_public_pack`)."""
+        from fedfr.fl.wire import save_public_pack
+
+        return save_public_pack(path, self.kind, self.images, self.labels, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PublicPack:
+        """Read a pack file (raises :class:`~fedfr.errors.DataFormatError` when invalid)."""
+        from fedfr.fl.wire import load_public_pack
+
+        kind, images, labels, _ = load_public_pack(path)
+        return cls(kind, images, labels)
 
 
 @dataclass(frozen=True, eq=False)
