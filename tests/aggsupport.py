@@ -54,12 +54,16 @@ def make_pack(path: Path, *, public_classes: int = 20, per_class: int = 2, size:
 
 
 def pg_available() -> bool:
+    """Whether the machine's PostgreSQL answers. In CI (``CI`` set) it must: an unreachable
+    server is an error there, not a silent skip."""
     try:
         import psycopg
 
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
             return True
-    except Exception:
+    except Exception as e:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"PostgreSQL at {PG_ADMIN_URL} is required in CI: {e}") from e
         return False
 
 
