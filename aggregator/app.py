@@ -306,14 +306,9 @@ def create_app(settings: Settings) -> FastAPI:
         staged = service.blobs.staging()
         try:
             await _stage(request, staged, 1 << 34)
-            pack_path = None
-            if public_pack:
-                if not service.blobs.exists(public_pack):
-                    raise bad_request("unknown_public_pack", f"no uploaded public pack "
-                                      f"{public_pack}: POST it to /v1/admin/public-packs")
-                pack_path = service.blobs.path(public_pack)
             out = await run_in_threadpool(service.publish_model, staged,
-                                          public_pack=pack_path, parent_version=parent_version)
+                                          public_pack_sha=public_pack,
+                                          parent_version=parent_version)
         finally:
             staged.unlink(missing_ok=True)
         return JSONResponse(out, status_code=201)

@@ -33,8 +33,9 @@ class BlobTooLarge(Exception):
 class BlobStore(Protocol):
     """What the aggregator needs from blob storage."""
 
-    def put_file(self, path: Path) -> tuple[str, int]:
-        """Store a local file's content (the file is consumed); ``(sha256, size)``."""
+    def put_file(self, path: Path, sha256: str | None = None) -> tuple[str, int]:
+        """Store a local file's content (the file is consumed; ``sha256`` when the caller
+        already hashed it); ``(sha256, size)``."""
 
     def staging(self) -> Path:
         """A fresh temporary path on the store's filesystem for :meth:`put_file`."""
@@ -90,7 +91,8 @@ class FileBlobStore:
         size = path.stat().st_size
         final = self._final(sha)
         if final.exists():
-            path.unlink(missing_ok=True)
+            if path.resolve() != final.resolve():
+                path.unlink(missing_ok=True)
             return sha, size
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "rb+") as f:

@@ -196,22 +196,26 @@ class Service:
 
     # ---------------------------------------------------------------- model versions
     def publish_model(self, checkpoint: Path, *, public_pack: Path | None = None,
-                      parent_version: int | None = None, description: dict | None = None
-                      ) -> dict:
+                      public_pack_sha: str | None = None, parent_version: int | None = None,
+                      description: dict | None = None) -> dict:
         """Publish a checkpoint (``fedfr pretrain``'s format) as a new model version.
 
-        ``public_pack`` (a :func:`fedfr.fl.wire.save_public_pack` file) goes with it; without
-        one the parent's pack, if any, is inherited.
+        The public pack (a :func:`fedfr.fl.wire.save_public_pack` file) is a path, or the sha256
+        of one already in the blob store (``POST /v1/admin/public-packs``); without either the
+        parent's pack, if any, is inherited.
         """
         try:
             model = GlobalModel.load(checkpoint)
-        except DataFormatError as e:
-            raise bad_request("invalid_checkpoint", str(e)) from None
-        except ValueError as e:  # CheckpointError
+        except ValueError as e:  # CheckpointError, DataFormatError
             raise bad_request("invalid_checkpoint", str(e)) from None
         if not model.backbone:
             raise bad_request("invalid_checkpoint", "the checkpoint holds no backbone tensor")
         pack_sha = pack_size = None
+        if public_pack_sha is not None:
+            if not self.blobs.exists(public_pack_sha):
+                raise bad_request("unknown_public_pack", f"no uploaded public pack "
+                                  f"{public_pack_sha}: POST it to /v1/admin/public-packs")
+            public_pack = self.blobs.path(public_pack_sha)
         if public_pack is not None:
             try:
                 kind, _, labels, _ = load_public_pack(public_pack)
@@ -225,9 +229,14 @@ class Service:
                 raise bad_request("invalid_public_pack", f"public pack labels reach row "
                                   f"{int(labels.max())} but the model has "
                                   f"{model.public_embeddings.shape[0]} public classes")
-            tmp = self.blobs.staging()
-            tmp.write_bytes(Path(public_pack).read_bytes())
-            pack_sha, pack_size = self.blobs.put_file(tmp)
+            if public_pack_sha is not None:
+                pack_sha, pack_size = public_pack_sha, self.blobs.size(public_pack_sha)
+            else:
+                import shutil
+
+                tmp = self.blobs.staging()
+                shutil.copyfile(public_pack, tmp)
+                pack_sha, pack_size = self.blobs.put_file(tmp)
         with self.sessions.begin() as s:
             if parent_version is not None and s.get(db.ModelVersion, parent_version) is None:
                 raise not_found("unknown_model_version", f"no model version {parent_version}")
