@@ -87,9 +87,19 @@ def ckpt_bytes_as_published(server, version):
         sha = next(m for m in c.get("/v1/admin/models").json() if m["version"] == version)
     import hashlib
 
-    from aggsupport import FakeDevice as _  # noqa: F401
-
     path = server.data_dir / "blobs" / sha["sha256"][:2] / sha["sha256"][2:4] / sha["sha256"]
     data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha["sha256"]
     return data
+
+
+def test_the_service_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, aggregator.app, aggregator.service, aggregator.cli, aggregator.db; "
+            "app = aggregator.app; bad = [m for m in ('torch', 'torchvision') if m in sys.modules];"
+            " print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
