@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +30,10 @@ from aggregator.settings import Settings
 log = logging.getLogger("aggregator")
 PROBLEM = "application/problem+json"
 MAX_JSON_BODY = 1 << 20
+#: Largest id (model version, round) a request may name: ids are SQL INTEGER columns (32-bit on
+#: PostgreSQL), so a larger number is a client's mistake (422), not a database error (500).
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Path(ge=0, le=MAX_ID)]
 
 
 # ------------------------------------------------------------------------- request bodies
@@ -45,17 +49,19 @@ class EnrollmentTokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = Field(default="", max_length=200)
     max_uses: int = Field(default=1, ge=1, le=1_000_000)
-    expires_in: float | None = Field(default=None, gt=0, description="seconds")
+    expires_in: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                     description="seconds")
 
 
 class RoundBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    base_version: int | None = Field(default=None, description="default: the current version")
+    base_version: int | None = Field(default=None, ge=0, le=MAX_ID,
+                                     description="default: the current version")
     target: int = Field(ge=1, le=1_000_000, description="devices whose updates end the round")
     min_devices: int | None = Field(default=None, ge=1,
                                     description="quorum at the deadline (default: target)")
-    over_selection: float = Field(default=1.3, ge=1.0, le=100.0)
-    deadline_seconds: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    over_selection: float = Field(default=1.3, ge=1.0, le=100.0, allow_inf_nan=False)
+    deadline_seconds: float = Field(default=3600.0, gt=0, le=30 * 86400, allow_inf_nan=False)
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="training config sent to the devices")
     row_weighting: str = Field(default="uniform", pattern="^(uniform|samples)$")
@@ -250,13 +256,13 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(task)
 
     @app.get("/v1/models/{version}", tags=["devices"])
-    def get_model(version: int, request: Request, dev: Device) -> Response:
+    def get_model(version: Id, request: Request, dev: Device) -> Response:
         row = service.model_row(version)
         return blob_response(service, request, row.blob_sha, row.size,
                              f"model-v{version}.safetensors")
 
     @app.get("/v1/models/{version}/public-pack", tags=["devices"])
-    def get_pack(version: int, request: Request, dev: Device) -> Response:
+    def get_pack(version: Id, request: Request, dev: Device) -> Response:
         row = service.model_row(version)
         if not row.public_pack_sha:
             raise Problem(404, "no_public_pack", f"model version {version} has no public pack")
@@ -264,7 +270,7 @@ def create_app(settings: Settings) -> FastAPI:
                              f"public-pack-v{version}.safetensors")
 
     @app.post("/v1/rounds/{round_id}/updates", status_code=202, tags=["devices"])
-    async def upload(round_id: int, request: Request, dev: Device,
+    async def upload(round_id: Id, request: Request, dev: Device,
                      background: BackgroundTasks) -> JSONResponse:
         await run_in_threadpool(service.precheck_upload, dev, round_id)
         limit = await run_in_threadpool(service.upload_limit, round_id)
@@ -301,7 +307,8 @@ def create_app(settings: Settings) -> FastAPI:
                                 pattern="^[0-9a-f]{64}$",
                                 description="sha256 of a pack uploaded to "
                                             "/v1/admin/public-packs")] = None,
-                            parent_version: int | None = None) -> JSONResponse:
+                            parent_version: Annotated[int | None, Query(
+                                ge=0, le=MAX_ID)] = None) -> JSONResponse:
         """Publish a checkpoint (the request body: a fedfr safetensors checkpoint)."""
         staged = service.blobs.staging()
         try:
@@ -345,15 +352,15 @@ def create_app(settings: Settings) -> FastAPI:
         return service.list_rounds(status)
 
     @app.get("/v1/admin/rounds/{round_id}", tags=["admin"], dependencies=[Admin])
-    def get_round(round_id: int) -> dict:
+    def get_round(round_id: Id) -> dict:
         return service.get_round(round_id)
 
     @app.post("/v1/admin/rounds/{round_id}/close", tags=["admin"], dependencies=[Admin])
-    def close_round(round_id: int) -> dict:
+    def close_round(round_id: Id) -> dict:
         return service.close_round(round_id)
 
     @app.post("/v1/admin/rounds/{round_id}/abort", tags=["admin"], dependencies=[Admin])
-    def abort_round(round_id: int) -> dict:
+    def abort_round(round_id: Id) -> dict:
         return service.abort_round(round_id)
 
     return app

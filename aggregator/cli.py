@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -70,9 +71,15 @@ def _admin_client(args: argparse.Namespace):
         if f.exists():
             token = f.read_text().strip()
     if not token:
-        raise SystemExit("error: no admin token: pass --token, set FEDFR_ADMIN_TOKEN, or "
-                         "--data-dir of the server (it holds admin_token)")
+        _usage_error("no admin token: pass --token, set FEDFR_ADMIN_TOKEN, or --data-dir of "
+                     "the server (it holds admin_token)")
     return AdminClient(args.server, token)
+
+
+def _usage_error(message: str) -> NoReturn:
+    """Exit with the documented usage status (2), not 1 (which means the server refused)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 def _print(args: argparse.Namespace, obj: object, text: str | None = None) -> None:
@@ -135,7 +142,7 @@ def _admin(args: argparse.Namespace, c) -> int:
             try:
                 cfg = json.loads(raw)
             except ValueError as e:
-                raise SystemExit(f"error: --config is not JSON: {e}") from None
+                _usage_error(f"--config is not JSON: {e}")
         body = {"target": args.target, "over_selection": args.over_selection,
                 "deadline_seconds": args.deadline, "config": cfg,
                 "row_weighting": args.row_weighting, "repeat": args.repeat}

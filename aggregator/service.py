@@ -51,6 +51,9 @@ ADMIN_TOKEN_PREFIX = "fat_"
 ROUND_STATES = ("open", "aggregating", "completed", "failed", "aborted")
 #: Largest training config a round may carry (it goes to every device in every check-in).
 MAX_CONFIG_BYTES = 64 * 1024
+#: Largest sample count an update may claim (``assignments.num_samples`` is a 32-bit INTEGER on
+#: PostgreSQL; a larger claim is the device's mistake, not a database error).
+MAX_NUM_SAMPLES = 2**31 - 1
 
 
 def hash_token(token: str) -> str:
@@ -429,7 +432,12 @@ class Service:
                                                    db.Round.num_assigned < db.Round.capacity)
                             .values(num_assigned=db.Round.num_assigned + 1)).rowcount
             if not got:
-                return None
+                # A concurrent check-in of this same device may have taken the last place
+                # (PostgreSQL re-evaluates the UPDATE once that one commits): re-read, so an
+                # assigned device is always given its task, never a 204.
+                a = s.scalar(select(db.Assignment).where(db.Assignment.round_id == r.id,
+                                                         db.Assignment.device_id == device.id))
+                return self._task(s, r) if a is not None and a.status == "assigned" else None
             s.add(db.Assignment(round_id=r.id, device_id=device.id, status="assigned",
                                 assigned_at=now()))
             s.flush()  # IntegrityError here rolls the whole transaction back
@@ -463,18 +471,21 @@ class Service:
 
     def precheck_upload(self, device: DeviceIdentity, round_id: int) -> None:
         """Refuse an upload before reading its body when the answer cannot be yes."""
+        # The session is closed before counting the refusal: on SQLite every transaction takes
+        # the write lock (BEGIN IMMEDIATE), so bumping a counter inside it would wait for itself.
         with self.sessions() as s:
             r = s.get(db.Round, round_id)
-            if r is None:
-                raise self.reject(not_found("unknown_round", f"no round {round_id}"))
-            a = s.scalar(select(db.Assignment).where(db.Assignment.round_id == round_id,
-                                                     db.Assignment.device_id == device.id))
-            if a is None:
-                raise self.reject(Problem(403, "not_assigned", f"device {device.id} is not "
-                                          f"assigned to round {round_id}"))
-            if a.status == "assigned" and r.status != "open":
-                raise self.reject(conflict("round_closed", f"round {round_id} is {r.status}: "
-                                           f"the update is too late"))
+            a = None if r is None else s.scalar(
+                select(db.Assignment).where(db.Assignment.round_id == round_id,
+                                            db.Assignment.device_id == device.id))
+        if r is None:
+            raise self.reject(not_found("unknown_round", f"no round {round_id}"))
+        if a is None:
+            raise self.reject(Problem(403, "not_assigned", f"device {device.id} is not "
+                                      f"assigned to round {round_id}"))
+        if a.status == "assigned" and r.status != "open":
+            raise self.reject(conflict("round_closed", f"round {round_id} is {r.status}: "
+                                       f"the update is too late"))
 
     def accept_update(self, device: DeviceIdentity, round_id: int, staged: Path,
                       sha256: str, size: int) -> Receipt:
@@ -514,6 +525,9 @@ class Service:
             env = decode_update(staged)
         except DataFormatError as e:
             raise bad_request("invalid_format", str(e)) from None
+        if env.update.num_samples > MAX_NUM_SAMPLES:
+            raise bad_request("invalid_format", f"update metadata 'num_samples' must be <= "
+                              f"{MAX_NUM_SAMPLES}, got {env.update.num_samples}")
         if env.round_id != round_id:
             raise bad_request("wrong_round", f"the update says round {env.round_id}, it was "
                               f"sent to round {round_id}")
@@ -640,8 +654,10 @@ class Service:
         arrays, public = agg.result()
         model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
         seconds = time.perf_counter() - t0
+        # a mean whose weighted sum overflowed is dropped: JSON (and PostgreSQL) has no inf
         stats = {**(r.stats or {}), "devices": agg.count, "samples": agg.num_samples,
-                 "metrics": agg.metrics, "aggregation_seconds": seconds}
+                 "metrics": {k: v for k, v in agg.metrics.items() if math.isfinite(v)},
+                 "aggregation_seconds": seconds}
         with self.sessions.begin() as s:
             mine = s.execute(update(db.Round).where(db.Round.id == round_id,
                                                     db.Round.claim == claim,

@@ -47,6 +47,11 @@ class Settings:
             raise ValueError("max_upload_bytes must be >= 0")
         if not self.max_update_norm_ratio > 0:
             raise ValueError("max_update_norm_ratio must be > 0")
+        for name in ("sweep_interval", "aggregation_lease"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.checkin_retry_after < 1:
+            raise ValueError("checkin_retry_after must be >= 1 second")
 
     @property
     def url(self) -> str:
@@ -84,7 +89,10 @@ class Settings:
             typ = str(f.type)
             try:
                 if "bool" in typ:
-                    kw[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                    v = raw.strip().lower()
+                    if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                        raise ValueError(v)
+                    kw[f.name] = v in ("1", "true", "yes", "on")
                 elif typ.startswith("int"):
                     kw[f.name] = int(raw)
                 elif typ.startswith("float"):

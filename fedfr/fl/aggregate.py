@@ -74,8 +74,12 @@ class WeightedAverage:
             if np.issubdtype(v.dtype, np.integer):
                 self._sum[k] = v.copy() if not self.count else np.maximum(self._sum[k], v)
             else:
-                term = v.astype(np.float64) * rel
-                self._sum[k] = term if not self.count else self._sum[k] + term
+                # one float64 temporary, summed in place (the sums are ours: made here)
+                term = np.multiply(v, rel, dtype=np.float64)
+                if not self.count:
+                    self._sum[k] = term
+                else:
+                    self._sum[k] += term
             self._dtype[k] = v.dtype
         self._rel_total = rel if not self.count else self._rel_total + rel
         self.total_weight += weight
@@ -124,6 +128,14 @@ class RowAverage:
             ValueError: shapes that do not fit, repeated or out-of-range row numbers,
                 non-finite values, or a non-positive weight (nothing is added).
         """
+        index, rows, weight = self.check(index, rows, weight)
+        self._sum[index] += rows.astype(np.float64) * weight
+        self._weight[index] += weight
+
+    def check(self, index: np.ndarray, rows: np.ndarray, weight: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Raise what :meth:`add` would raise, without adding; ``(index, rows, weight)`` as
+        arrays and a float."""
         index = np.asarray(index)
         rows = np.asarray(rows)
         weight = float(weight)
@@ -142,8 +154,7 @@ class RowAverage:
             raise ValueError("row index has repeated rows")
         if not np.isfinite(rows).all():
             raise ValueError("public embedding rows hold non-finite values")
-        self._sum[index] += rows.astype(np.float64) * weight
-        self._weight[index] += weight
+        return index, rows, weight
 
     @property
     def rows_trained(self) -> np.ndarray:
@@ -196,8 +207,7 @@ class RoundAggregate:
         if rows is not None and self._rows is None:
             raise ValueError("update carries public embedding rows but the model has none")
         if rows is not None:  # validate the rows before folding anything in
-            probe = RowAverage(*self._rows.shape)
-            probe.add(index, rows)
+            self._rows.check(index, rows)
         self._avg.add(arrays, update.num_samples)
         if rows is not None:
             w = 1.0 if self._row_weighting == "uniform" else float(update.num_samples)

@@ -226,5 +226,8 @@ def load_public_pack(path: str | os.PathLike[str]) -> tuple[str, np.ndarray | No
     if set(arrays) != {"images", "labels"}:
         raise DataFormatError(f"{path}: an 'images' pack holds exactly 'images' and 'labels', "
                               f"got {sorted(arrays)}")
-    _check_pack(arrays["images"], arrays["labels"])
+    try:
+        _check_pack(arrays["images"], arrays["labels"])
+    except DataFormatError as e:
+        raise DataFormatError(f"{path}: {e}") from None
     return kind, arrays["images"], arrays["labels"].astype(np.int64), user
