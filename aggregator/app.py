@@ -173,6 +173,7 @@ def create_app(settings: Settings) -> FastAPI:
         migrate(settings.url)
     service = Service(settings)
     service.blobs.clean_staging()
+    service.collect_garbage()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -52,6 +52,9 @@ class BlobStore(Protocol):
 
     def delete(self, sha256: str) -> None: ...
 
+    def list(self) -> Iterator[tuple[str, float]]:
+        """``(sha256, modification time)`` of every blob (garbage collection)."""
+
 
 def check_sha(sha256: str) -> str:
     if not _SHA.match(sha256):
@@ -93,6 +96,7 @@ class FileBlobStore:
         if final.exists():
             if path.resolve() != final.resolve():
                 path.unlink(missing_ok=True)
+            os.utime(final)  # fresh again: garbage collection goes by age
             return sha, size
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "rb+") as f:
@@ -124,6 +128,15 @@ class FileBlobStore:
 
     def delete(self, sha256: str) -> None:
         self._final(sha256).unlink(missing_ok=True)
+
+    def list(self) -> Iterator[tuple[str, float]]:
+        """``(sha256, modification time)`` of every stored blob."""
+        for p in self.root.glob("??/??/*"):
+            if _SHA.match(p.name):
+                try:
+                    yield p.name, p.stat().st_mtime
+                except FileNotFoundError:
+                    continue
 
     def iter_range(self, sha256: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``start..end`` (inclusive) of a blob, in chunks."""

@@ -655,6 +655,7 @@ class Service:
         model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
         seconds = time.perf_counter() - t0
         # a mean whose weighted sum overflowed is dropped: JSON (and PostgreSQL) has no inf
+        self._renew_lease(round_id, claim)  # the publishing transaction gets a full lease
         stats = {**(r.stats or {}), "devices": agg.count, "samples": agg.num_samples,
                  "metrics": {k: v for k, v in agg.metrics.items() if math.isfinite(v)},
                  "aggregation_seconds": seconds}
@@ -695,6 +696,29 @@ class Service:
                                    db.Round.status.in_(("open", "aggregating"))))
         if not live:
             self.blobs.delete(sha)
+
+    def collect_garbage(self, min_age: float = 3600.0) -> int:
+        """Delete blobs nothing refers to (older than ``min_age`` seconds, so an upload between
+        its blob and its row, or a pack waiting to be published, is kept): update blobs a
+        killed process left without a row, and updates of finished rounds a kill kept from
+        being deleted. Model versions and their packs are never deleted. Returns how many."""
+        with self.sessions() as s:
+            keep = set(s.scalars(select(db.ModelVersion.blob_sha)).all())
+            keep |= {x for x in s.scalars(select(db.ModelVersion.public_pack_sha)).all() if x}
+            q = select(db.Assignment.update_sha).where(db.Assignment.update_sha.is_not(None))
+            if not self.settings.keep_updates:
+                q = q.join(db.Round, db.Round.id == db.Assignment.round_id).where(
+                    db.Round.status.in_(("open", "aggregating")))
+            keep |= set(s.scalars(q).all())
+        n = 0
+        cutoff = now() - min_age
+        for sha, mtime in self.blobs.list():
+            if sha not in keep and mtime < cutoff:
+                self.blobs.delete(sha)
+                n += 1
+        if n:
+            log.info("deleted %d unreferenced blobs", n)
+        return n
 
     # ---------------------------------------------------------------- metrics
     def metrics_text(self) -> str:

@@ -524,3 +524,32 @@ def test_problem_body():
                                "title": "round closed", "status": 409, "detail": "too late",
                                "reason": "round_closed", "instance": "/v1/x"}
     assert "instance" not in p.body()
+
+
+def test_garbage_collection_deletes_only_old_unreferenced_blobs(tmp_path):
+    from aggregator.db import migrate
+    from aggregator.service import Service
+
+    settings = Settings(data_dir=tmp_path / "srv", admin_token="fat_x")
+    migrate(settings.url)
+    svc = Service(settings)
+    try:
+        ckpt = tmp_path / "m.safetensors"
+        GlobalModel(arch="mbf_tiny", embedding_size=4, contract={},
+                    backbone={"w": np.ones((2, 2), np.float32)},
+                    public_embeddings=np.eye(3, 4, dtype=np.float32)).save(ckpt)
+        version = svc.publish_model(ckpt)
+        old_orphan, _ = svc.blobs.put_bytes(b"left by a killed upload")
+        young_orphan, _ = svc.blobs.put_bytes(b"an upload between its blob and its row")
+        long_ago = time.time() - 7200
+        for sha in (old_orphan, version["sha256"]):
+            os.utime(svc.blobs.path(sha), (long_ago, long_ago))
+        assert svc.collect_garbage(min_age=3600) == 1
+        assert not svc.blobs.exists(old_orphan)
+        assert svc.blobs.exists(young_orphan) and svc.blobs.exists(version["sha256"])
+        # storing the same content again makes an old blob young (the GC goes by age)
+        os.utime(svc.blobs.path(young_orphan), (long_ago, long_ago))
+        svc.blobs.put_bytes(b"an upload between its blob and its row")
+        assert svc.collect_garbage(min_age=3600) == 0
+    finally:
+        svc.close()
