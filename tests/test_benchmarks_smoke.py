@@ -41,3 +41,23 @@ def test_local_step_benchmark_runs(tmp_path):
     r = json.loads(out.read_text())["result"]
     assert r["plain_img_per_s"] > 0 and r["fedfr_img_per_s"] > 0
     assert r["step_ratio_fedfr_over_plain"] > 0 and r["train_images"] == 16
+
+
+def test_aggregator_benchmark_runs(tmp_path):
+    out = tmp_path / "a.json"
+    assert _load("aggregator").main(["--quick", "--workdir", str(tmp_path),
+                                     "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ing = report["ingest"]
+    assert ing["devices"] == 2 and ing["update_bytes"] > 0
+    for path in ("server", "http_discard", "http_durable", "disk"):
+        assert ing[path]["mb_per_s"] > 0 and ing[path]["latency_samples"] == 2
+        assert 0 < ing[path]["latency_p50_s"] <= ing[path]["latency_p99_s"]
+    assert ing["floor_mb_per_s"] > 0 and ing["server_time_over_floor"] > 0
+    assert ing["validate_one_update_s"] > 0 and ing["server_aggregation_s"] > 0
+    agg = report["aggregation"]
+    assert [r["updates"] for r in agg["results"]] == [2, 4] and agg["accept_update_s"] > 0
+    for r in agg["results"]:
+        assert min(r["stream_s"], r["floor_s"], r["naive_s"], r["service_s"]) > 0
+        assert min(r["stream_peak_mb"], r["naive_peak_mb"], r["service_peak_mb"]) >= 0
+        assert r["stream_and_floor_agree"]
