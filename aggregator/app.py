@@ -29,7 +29,6 @@ from aggregator.settings import Settings
 
 log = logging.getLogger("aggregator")
 PROBLEM = "application/problem+json"
-MAX_JSON_BODY = 1 << 20
 #: Largest id (model version, round) a request may name: ids are SQL INTEGER columns (32-bit on
 #: PostgreSQL), so a larger number is a client's mistake (422), not a database error (500).
 MAX_ID = 2**31 - 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -30,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -325,8 +326,6 @@ class Service:
             raise bad_request("invalid_round", "row_weighting must be 'uniform' or 'samples'")
         if repeat < 1:
             raise bad_request("invalid_round", "repeat must be >= 1")
-        import json
-
         if len(json.dumps(config)) > MAX_CONFIG_BYTES:
             raise bad_request("invalid_round", f"config larger than {MAX_CONFIG_BYTES} bytes")
         with self.sessions.begin() as s:
@@ -753,10 +752,6 @@ class Service:
                   "# TYPE fedfr_current_model_version gauge",
                   f"fedfr_current_model_version {cur.version if cur else 0}"]
         return "\n".join(lines) + "\n"
-
-    def prune_counters(self) -> None:  # pragma: no cover - operator helper
-        with self.sessions.begin() as s:
-            s.execute(delete(db.Counter))
 
 
 #: Passed when re-answering a retry: the assignment is already ``received``, no file is read.
