@@ -204,7 +204,7 @@ def _embedding_size(net: nn.Module, contract: InputContract) -> int:
         return int(net.eval()(torch.zeros(1, 3, *contract.size)).shape[1])
 
 
-def export_personalized(model, private, out: str | os.PathLike[str], *,  # noqa: ANN001
+def export_personalized(model, private, out: str | os.PathLike[str], *,
                         uint8_input: bool = False, opset: int = DEFAULT_OPSET,
                         metadata: dict[str, str] | None = None) -> Path:
     """A device's personalized recognizer (its local backbone → its converter).
@@ -226,7 +226,7 @@ def export_personalized(model, private, out: str | os.PathLike[str], *,  # noqa:
                        personalized=True, metadata=metadata, opset=opset)
 
 
-def export_generic(model, out: str | os.PathLike[str], *,  # noqa: ANN001
+def export_generic(model, out: str | os.PathLike[str], *,
                    uint8_input: bool = False, opset: int = DEFAULT_OPSET,
                    metadata: dict[str, str] | None = None) -> Path:
     """The generic recognizer of a :class:`fedfr.fl.GlobalModel` (its backbone alone)."""
