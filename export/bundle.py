@@ -1,0 +1,442 @@
+"""Verification bundles: what a device runs to verify and identify its own people.
+
+A bundle is a directory (or a ``.zip`` of one)::
+
+    bundle.json        manifest: format, format_version, created_at, model_version, arch,
+                       embedding_size, personalized, input (name, shape, dtype, layout, colour,
+                       mean, std), output, threshold, far_target, calibration statistics,
+                       models {"fp32": ..., "int8": ...}, files {name: {sha256, size}}
+    model.onnx         fp32 recognizer (``export.onnx_export``), the threshold in its metadata
+    model.int8.onnx    optional int8 (static QDQ) recognizer
+    templates.json     {"embedding_size": D, "identities": [{"name", "template", "num_images"}]}
+
+A template is the mean of the L2-normalized embeddings of a person's enrolled images,
+re-normalized. The threshold is calibrated at a target FAR on the device's impostor pairs
+(pairs of its held-out images of different people). Loading checks the format version, that
+every listed file is there with its size and sha256, and that the model's input is what the
+manifest says; anything else is a :class:`BundleError` that says what is wrong.
+``android_demo/`` reads the same format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata
+from export.preprocess import CROP, load_crop, normalize, to_crop
+from fedfr.errors import FedFRError
+
+BUNDLE_FORMAT = "fedfr-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+TEMPLATES = "templates.json"
+FP32_MODEL = "model.onnx"
+INT8_MODEL = "model.int8.onnx"
+UNKNOWN = "unknown"
+
+
+class BundleError(FedFRError, ValueError):
+    """A bundle that is incomplete, tampered with, or of another format version."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def make_templates(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{name: (n, D) embeddings}`` → ``{name: (D,) template}`` (mean of normalized,
+    re-normalized)."""
+    out = {}
+    for name, e in embeddings.items():
+        e = np.asarray(e, np.float32)
+        if e.ndim != 2 or len(e) == 0:
+            raise ValueError(f"identity {name!r}: need (n >= 1, D) embeddings, got {e.shape}")
+        out[name] = l2n(l2n(e).mean(axis=0))
+    return out
+
+
+def calibrate_threshold(embeddings: np.ndarray, labels: np.ndarray, far: float) -> dict:
+    """The cosine threshold at ``far`` on every impostor pair of ``embeddings`` (pairs with
+    different labels), with what it was computed from.
+
+    Returns:
+        ``{"threshold", "far_target", "far_measured", "tar", "impostor_pairs",
+        "genuine_pairs"}``; accept when ``score >= threshold``.
+
+    Raises:
+        ValueError: fewer than two identities (no impostor pair), or a FAR outside (0, 1).
+    """
+    from fedfr.metrics import threshold_at_far
+
+    if not 0 < far < 1:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    e = l2n(embeddings)
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("threshold calibration needs held-out images of at least two "
+                         "identities (impostor pairs)")
+    iu = np.triu_indices(len(e), k=1)
+    scores = (e @ e.T)[iu]
+    same = (labels[:, None] == labels[None, :])[iu]
+    t = float(threshold_at_far(scores, same.astype(np.int64), far))
+    imp = scores[~same]
+    gen = scores[same]
+    return {"threshold": t, "far_target": float(far),
+            "far_measured": float(np.mean(imp >= t)),
+            "tar": float(np.mean(gen >= t)) if gen.size else None,
+            "impostor_pairs": int(imp.size), "genuine_pairs": int(gen.size)}
+
+
+def _stamp_threshold(src: Path, dst: Path, threshold: float) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["fedfr.threshold"] = repr(float(threshold))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save_model(model, str(dst))
+
+
+def write_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
+                 templates: Mapping[str, np.ndarray], num_images: Mapping[str, int],
+                 threshold: float, far_target: float, calibration: dict | None = None,
+                 int8_model: str | os.PathLike[str] | None = None,
+                 make_zip: bool = False) -> Path:
+    """Write a bundle directory (replacing ``out`` atomically) from exported models,
+    templates and a threshold; returns the directory (or the ``.zip`` next to it)."""
+    out = Path(out)
+    meta = read_metadata(model)
+    dim = int(meta.get("fedfr.embedding_size", 0))
+    for name, t in templates.items():
+        if not name or len(name) > 200 or "/" in name:
+            raise ValueError(f"identity name {name!r}: 1-200 characters, no '/'")
+        if np.asarray(t).shape != (dim,):
+            raise ValueError(f"template of {name!r} is {np.asarray(t).shape}, the model "
+                             f"embeds to ({dim},)")
+    contract = json.loads(meta["fedfr.input_contract"])
+    if meta.get("fedfr.input_dtype") != "float32":
+        raise ValueError("a bundle's model takes float32 NCHW input (export without "
+                         "uint8_input)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _stamp_threshold(Path(model), stage / FP32_MODEL, threshold)
+        models = {"fp32": FP32_MODEL}
+        if int8_model is not None:
+            _stamp_threshold(Path(int8_model), stage / INT8_MODEL, threshold)
+            models["int8"] = INT8_MODEL
+        (stage / TEMPLATES).write_text(json.dumps({
+            "embedding_size": dim,
+            "identities": [{"name": n, "template": [float(v) for v in np.asarray(t)],
+                            "num_images": int(num_images.get(n, 0))}
+                           for n, t in sorted(templates.items())]}))
+        files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size}
+                 for p in sorted(stage.iterdir())}
+        manifest = {
+            "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_version": meta.get("fedfr.model_version", ""),
+            "arch": meta.get("fedfr.arch", ""), "embedding_size": dim,
+            "personalized": meta.get("fedfr.personalized") == "true",
+            "input": {"name": INPUT_NAME, "shape": [None, 3, CROP, CROP], "dtype": "float32",
+                      "layout": "NCHW", "color": contract.get("channel_order", "RGB"),
+                      "mean": float(contract["mean"]), "std": float(contract["std"])},
+            "output": {"name": OUTPUT_NAME, "normalized": True},
+            "threshold": float(threshold), "far_target": float(far_target),
+            "calibration": calibration or {},
+            "models": models, "files": files,
+        }
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if make_zip:
+        zpath = out.with_suffix(".zip")
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in sorted(out.iterdir()):
+                z.write(p, p.name)
+        return zpath
+    return out
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle; runs its model with ONNX Runtime."""
+
+    root: Path
+    manifest: dict
+    names: list[str]
+    templates: np.ndarray  # (K, D)
+    variant: str = "fp32"
+    threads: int | None = None
+    _session: object = field(default=None, repr=False)
+    _tmp: object = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, variant: str = "fp32",
+             threads: int | None = None) -> Bundle:
+        """Open a bundle directory or ``.zip`` and check it (see the module doc).
+
+        Raises:
+            BundleError: what is wrong with it.
+        """
+        path = Path(path)
+        tmp = None
+        if path.is_file() and zipfile.is_zipfile(path):
+            tmp = tempfile.TemporaryDirectory(prefix="fedfr-bundle-")
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    name = Path(info.filename).name
+                    if name != info.filename or name.startswith("."):
+                        raise BundleError(f"{path}: unexpected entry {info.filename!r}")
+                    z.extract(info, tmp.name)
+            root = Path(tmp.name)
+        elif path.is_dir():
+            root = path
+        else:
+            raise BundleError(f"{path}: not a bundle directory or .zip")
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{path}: missing {MANIFEST}") from None
+        except ValueError as e:
+            raise BundleError(f"{path}: {MANIFEST} is not JSON: {e}") from None
+        check_manifest(manifest, root, str(path))
+        if variant not in manifest["models"]:
+            raise BundleError(f"{path}: no {variant!r} model in this bundle (has: "
+                              f"{', '.join(manifest['models'])})")
+        try:
+            tj = json.loads((root / TEMPLATES).read_text())
+            names = [i["name"] for i in tj["identities"]]
+            mat = np.asarray([i["template"] for i in tj["identities"]], np.float32)
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{path}: {TEMPLATES} is malformed: {e!r}") from None
+        dim = int(manifest["embedding_size"])
+        mat = mat.reshape(len(names), dim) if names else np.zeros((0, dim), np.float32)
+        b = cls(root, manifest, names, mat, variant, threads)
+        b._tmp = tmp
+        b._check_model()
+        return b
+
+    def _check_model(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        model = self.root / self.manifest["models"][self.variant]
+        try:
+            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BundleError(f"{model}: ONNX Runtime cannot load it: {e}") from None
+        inp = sess.get_inputs()[0]
+        want = self.manifest["input"]
+        if inp.name != want["name"] or list(inp.shape[1:]) != list(want["shape"][1:]):
+            raise BundleError(f"{model}: input {inp.name} {inp.shape} does not match the "
+                              f"manifest's {want['name']} {want['shape']}")
+        self._session = sess
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    def embed(self, images: np.ndarray | Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """(N, D) L2-normalized embeddings of image files, or of uint8 (N, H, W, 3) RGB
+        images (resized per :mod:`export.preprocess` when not 112x112).
+
+        Raises:
+            DataFormatError: a file that is not an image (naming it).
+            ValueError: an array of the wrong dtype or shape.
+        """
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got "
+                                 f"{images.dtype} {images.shape}")
+            crops = np.stack([to_crop(i) for i in images]) if len(images) else images
+        else:
+            crops = np.stack([load_crop(p) for p in images])
+        x = normalize(crops, self.manifest["input"]["mean"], self.manifest["input"]["std"])
+        return self.run(x)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The model on already-normalized float32 (N, 3, 112, 112) input."""
+        x = np.asarray(x)
+        want = tuple(self.manifest["input"]["shape"][1:])
+        if x.dtype != np.float32 or x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"model input must be float32 (N, {', '.join(map(str, want))}), "
+                             f"got {x.dtype} {x.shape}")
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"{name!r} is not enrolled in this bundle (enrolled: "
+                           f"{', '.join(self.names) or 'nobody'})") from None
+
+    def verify(self, image: str | os.PathLike[str] | np.ndarray, name: str) -> dict:
+        """``{"name", "score", "threshold", "accepted"}`` for one image against one person."""
+        i = self._index(name)
+        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None])[0]
+        score = float(self.templates[i] @ e)
+        return {"name": name, "score": score, "threshold": self.threshold,
+                "accepted": score >= self.threshold}
+
+    def identify(self, image: str | os.PathLike[str] | np.ndarray) -> dict:
+        """``{"name" (or "unknown"), "best", "score", "threshold"}``."""
+        if not self.names:
+            raise KeyError("nobody is enrolled in this bundle")
+        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None])[0]
+        scores = self.templates @ e
+        k = int(np.argmax(scores))
+        ok = float(scores[k]) >= self.threshold
+        return {"name": self.names[k] if ok else UNKNOWN, "best": self.names[k],
+                "score": float(scores[k]), "threshold": self.threshold}
+
+
+def check_manifest(manifest: dict, root: Path, where: str) -> None:
+    """Format, version, and every listed file's presence, size and sha256."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: not a fedfr bundle (format="
+                          f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    v = manifest.get("format_version")
+    if v != BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{where}: bundle format version {v!r} is not supported (this "
+                          f"reader reads version {BUNDLE_FORMAT_VERSION})")
+    try:
+        files = dict(manifest["files"])
+        models = dict(manifest["models"])
+        float(manifest["threshold"])
+        int(manifest["embedding_size"])
+        manifest["input"]["shape"], manifest["input"]["mean"], manifest["input"]["std"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: {MANIFEST} lacks a required field: {e!r}") from None
+    for need in (TEMPLATES, *models.values()):
+        if need not in files:
+            raise BundleError(f"{where}: {MANIFEST} does not list {need}")
+    for name, info in files.items():
+        if Path(name).name != name:
+            raise BundleError(f"{where}: file name {name!r} is not a plain name")
+        p = root / name
+        if not p.is_file():
+            raise BundleError(f"{where}: missing file {name}")
+        if p.stat().st_size != info.get("size") or _sha256(p) != info.get("sha256"):
+            raise BundleError(f"{where}: {name} does not match its sha256 in {MANIFEST} "
+                              f"(tampered or corrupt)")
+
+
+def _embed_model(model: Path, crops: np.ndarray, mean: float, std: float) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: normalize(crops[i:i + 64], mean, std)})[0]
+           for i in range(0, len(crops), 64)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
+                  enrolled: Mapping[str, np.ndarray], heldout: np.ndarray | None = None,
+                  heldout_labels: np.ndarray | None = None, far_target: float = 1e-3,
+                  threshold: float | None = None, int8: bool = False,
+                  calibration: np.ndarray | None = None, make_zip: bool = False
+                  ) -> tuple[Path, dict]:
+    """A bundle from an exported fp32 model and the device's own images.
+
+    Args:
+        out: bundle directory to write.
+        model: the fp32 ONNX recognizer (:func:`export.onnx_export.export_personalized`).
+        enrolled: ``{name: uint8 (n, H, W, 3) RGB crops}`` — the templates are computed with
+            ``model`` itself, so they match what the bundle runs.
+        heldout, heldout_labels: the device's held-out crops and their identity labels; the
+            threshold is calibrated at ``far_target`` on their impostor pairs.
+        threshold: use this threshold instead of calibrating one.
+        int8: add a static QDQ int8 model calibrated on ``calibration`` (default: the
+            enrolled and held-out crops — the device's own data).
+
+    Returns:
+        ``(path, report)``: report has the calibration statistics, the model sizes and, with
+        ``int8``, the held-out TAR at ``far_target`` of fp32 and int8.
+    """
+    from fedfr.metrics import tar_at_far
+
+    meta = read_metadata(model)
+    contract = json.loads(meta["fedfr.input_contract"])
+    mean, std = float(contract["mean"]), float(contract["std"])
+    if not enrolled:
+        raise ValueError("nobody to enroll: a bundle needs at least one identity")
+    crops = {n: np.stack([to_crop(i) for i in np.asarray(v)]) for n, v in enrolled.items()}
+    templates = make_templates({n: _embed_model(Path(model), c, mean, std)
+                                for n, c in crops.items()})
+    report: dict = {"identities": len(templates)}
+    held = None
+    if heldout is not None and len(heldout):
+        held = np.stack([to_crop(i) for i in np.asarray(heldout)])
+        labels = np.asarray(heldout_labels)
+    if threshold is None:
+        if held is None:
+            raise ValueError("no held-out images to calibrate the threshold on; pass "
+                             "threshold= or held-out images of at least two identities")
+        cal = calibrate_threshold(_embed_model(Path(model), held, mean, std), labels,
+                                  far_target)
+        threshold = cal["threshold"]
+        report["calibration"] = cal
+    else:
+        report["calibration"] = {"threshold": float(threshold), "far_target": far_target,
+                                 "source": "given"}
+    int8_path = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if int8:
+            from export.quantize import quantize_static_int8
+
+            calib = calibration
+            if calib is None:
+                calib = np.concatenate([*crops.values(), *([held] if held is not None else [])])
+            calib = normalize(np.stack([to_crop(i) for i in np.asarray(calib)]), mean, std)
+            int8_path = quantize_static_int8(model, Path(tmp) / INT8_MODEL, calib)
+            if held is not None and len(np.unique(labels)) > 1:
+                iu = np.triu_indices(len(held), k=1)
+                same = (labels[:, None] == labels[None, :])[iu].astype(np.int64)
+                for k, m in (("fp32", Path(model)), ("int8", int8_path)):
+                    e = l2n(_embed_model(m, held, mean, std))
+                    report[f"tar_at_far_{k}"] = float(tar_at_far((e @ e.T)[iu], same,
+                                                                 far_target))
+        path = write_bundle(out, model=model, templates=templates,
+                            num_images={n: len(c) for n, c in crops.items()},
+                            threshold=float(threshold), far_target=far_target,
+                            calibration=report["calibration"], int8_model=int8_path,
+                            make_zip=make_zip)
+    root = path if path.is_dir() else Path(out)
+    report["sizes"] = {p.name: p.stat().st_size for p in root.glob("*.onnx")}
+    report["path"] = str(path)
+    return path, report
