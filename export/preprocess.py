@@ -7,7 +7,8 @@ function line for line, and a browser test checks the two agree).
    square (side ``min(h, w)``, offsets ``floor((h - side) / 2)``, ``floor((w - side) / 2)``)
    and resized to 112x112 by bilinear interpolation with ``align_corners=False`` (source
    coordinate ``(dst + 0.5) * side / 112 - 0.5`` clamped to ``[0, side - 1]``), no
-   antialiasing, in float32, rounded with ``floor(v + 0.5)`` and clipped to uint8;
+   antialiasing, in float32 (rows first, then columns), rounded with ``floor(v + 0.5)`` and
+   clipped to uint8;
 3. ``(x - mean) / std`` to float32 NCHW.
 
 The demo's input is an aligned crop; step 2 only makes an ordinary photo usable (it does not
@@ -48,11 +49,11 @@ def to_crop(rgb: np.ndarray, size: int = CROP) -> np.ndarray:
     sq = rgb[top:top + side, left:left + side].astype(np.float32)
     y0, y1, fy = _axis(side, size)
     x0, x1, fx = _axis(side, size)
-    fy, fx = fy[:, None, None], fx[None, :, None]
     one = np.float32(1)
-    top_row = sq[y0][:, x0] * (one - fx) + sq[y0][:, x1] * fx
-    bottom_row = sq[y1][:, x0] * (one - fx) + sq[y1][:, x1] * fx
-    out = top_row * (one - fy) + bottom_row * fy
+    # vertical first, then horizontal, each rounded to float32 — the order app.js uses (the
+    # rounding of .5 ties depends on it)
+    rows = sq[y0] * (one - fy)[:, None, None] + sq[y1] * fy[:, None, None]
+    out = rows[:, x0] * (one - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
     return np.clip(np.floor(out + np.float32(0.5)), 0, 255).astype(np.uint8)
 
 

@@ -228,8 +228,10 @@ def test_preprocess_resize_matches_a_reference_loop():
             y0, x0 = int(np.floor(sy)), int(np.floor(sx))
             y1, x1 = min(y0 + 1, 129), min(x0 + 1, 129)
             fy, fx = np.float32(sy - y0), np.float32(sx - x0)
-            v = ((sq[y0, x0] * (1 - fx) + sq[y0, x1] * fx) * (1 - fy)
-                 + (sq[y1, x0] * (1 - fx) + sq[y1, x1] * fx) * fy)
+            one = np.float32(1)
+            left_col = sq[y0, x0] * (one - fy) + sq[y1, x0] * fy  # rows first, then columns
+            right_col = sq[y0, x1] * (one - fy) + sq[y1, x1] * fy
+            v = left_col * (one - fx) + right_col * fx
             want[y, x] = np.clip(np.floor(v + np.float32(0.5)), 0, 255)
             np.testing.assert_array_equal(got[y, x], want[y, x])
 
@@ -370,3 +372,17 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
     r = run("bundle", "--model", str(exported["personalized"]), "--enroll", "p0",
             "--out", str(tmp_path / "b2"))
     assert r.returncode == 1 and "NAME=" in r.stderr
+
+
+def test_exif_orientation_is_applied_like_a_browser(tmp_path):
+    rgb = np.zeros((60, 100, 3), np.uint8)
+    rgb[:, :50] = 255  # left half white
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    from fedfr.data.images import read_image
+
+    shown = read_image(tmp_path / "phone.jpg")
+    assert shown.shape == (100, 60, 3)  # displayed upright: portrait
+    assert shown[:50].mean() > 200 and shown[50:].mean() < 50  # white half now on top

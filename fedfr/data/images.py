@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fedfr.errors import DataFormatError
 from fedfr.io import write_bytes_atomic
@@ -61,6 +61,8 @@ def decode_image(data: bytes, *, source: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            # a phone photo's EXIF orientation, applied as browsers and viewers apply it
+            img = ImageOps.exif_transpose(img) or img
             rgb = img if img.mode == "RGB" else _to_rgb(img)
             arr = np.asarray(rgb, dtype=np.uint8)
     except DataFormatError:

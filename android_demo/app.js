@@ -1,0 +1,479 @@
+// The FedFR demo page: UI wiring and the automation API `window.fedfrDemo`.
+//
+// Everything runs on this device: images (files, camera frames, URLs of this site) are decoded,
+// preprocessed and embedded in the page; templates enrolled here are kept in localStorage.
+// The page's only requests are GETs of its own files, the bundle's files and image URLs the
+// caller names.
+
+import { Bundle, bitmapToRGBA, cropResizeRGB, normalizeNCHW, imageToRGBA, SIZE }
+  from "./fedfr.js";
+
+const $ = (id) => document.getElementById(id);
+const STORE_PREFIX = "fedfr-demo:templates:";
+const BUNDLE_CACHE = "fedfr-demo-bundle-v1"; // read by sw.js when offline
+
+const state = {
+  bundle: null,
+  probe: null, // {source, label}
+  pending: [], // camera frames waiting to be enrolled: raw RGBA
+  stream: null,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showError(e) {
+  const msg = e && e.message ? e.message : String(e);
+  api.lastError = msg;
+  const box = $("error");
+  box.textContent = msg;
+  box.hidden = false;
+}
+
+function clearError() {
+  api.lastError = null;
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+/** Run an action: clear the error area, show (and rethrow) its error. */
+async function guarded(fn) {
+  clearError();
+  try {
+    return await fn();
+  } catch (e) {
+    showError(e);
+    throw e;
+  }
+}
+
+const fmt = (x, d = 4) => (typeof x === "number" ? x.toFixed(d) : String(x));
+
+// ---------------------------------------------------------------------------------------------
+// Bundle
+
+let loading = Promise.resolve();
+
+function storeKey(bundle) {
+  return STORE_PREFIX + bundle.models.fp32.sha256;
+}
+
+function restoreEnrolled(bundle) {
+  let saved = [];
+  try {
+    saved = JSON.parse(localStorage.getItem(storeKey(bundle)) || "[]");
+  } catch {
+    saved = [];
+  }
+  for (const t of saved) {
+    if (Array.isArray(t.template) && t.template.length === bundle.meta.embedding_size) {
+      bundle.addTemplate(t.name, [Float32Array.from(t.template)], "page");
+      bundle.find(t.name).num_images = t.num_images;
+    }
+  }
+}
+
+function saveEnrolled(bundle) {
+  const mine = bundle.templates.filter((t) => t.source === "page")
+    .map((t) => ({ name: t.name, num_images: t.num_images, template: Array.from(t.template) }));
+  try {
+    localStorage.setItem(storeKey(bundle), JSON.stringify(mine));
+  } catch {
+    // storage full or disabled: the templates stay in memory for this visit
+  }
+}
+
+/** Keep the verified bundle bytes in the Cache API so the page also works offline. */
+async function keepForOffline(bundle) {
+  if (!("caches" in globalThis)) return; // insecure context: no Cache API, no service worker
+  try {
+    const cache = await caches.open(BUNDLE_CACHE);
+    const files = { "bundle.json": bundle.metaBytes, ...bundle.fileBytes };
+    await Promise.all(Object.entries(files).map(([name, bytes]) =>
+      cache.put(new URL(name, bundle.base).href, new Response(bytes, {
+        headers: { "Content-Type": name.endsWith(".json") ? "application/json"
+          : "application/octet-stream" },
+      }))));
+  } catch {
+    // best effort: the page works online either way
+  }
+}
+
+function bundleInfo(bundle = state.bundle) {
+  if (!bundle) return null;
+  const m = bundle.meta;
+  return {
+    url: bundle.base.href,
+    format: m.format,
+    format_version: m.format_version,
+    created_at: m.created_at,
+    model_version: m.model_version,
+    arch: m.arch,
+    embedding_size: m.embedding_size,
+    personalized: m.personalized,
+    threshold: m.threshold,
+    far_target: m.far_target,
+    models: bundle.kinds,
+    model: bundle.kind,
+    identities: bundle.templates.map((t) => t.name),
+  };
+}
+
+async function doLoadBundle(url) {
+  setStatus(`loading bundle ${url}…`);
+  let bundle;
+  try {
+    bundle = await Bundle.load(url, { onProgress: setStatus });
+  } catch (e) {
+    setStatus(state.bundle ? `bundle not loaded; still using ${state.bundle.base.href}`
+      : "no bundle loaded");
+    throw e;
+  }
+  restoreEnrolled(bundle);
+  state.bundle = bundle;
+  keepForOffline(bundle);
+  renderBundle();
+  setStatus(`ready: ${bundle.meta.arch} v${bundle.meta.model_version}, ` +
+            `${bundle.templates.length} enrolled, ${bundle.kind} on WASM`);
+  return bundleInfo(bundle);
+}
+
+function loadBundle(url) {
+  const p = loading.then(() => guarded(() => doLoadBundle(url)));
+  loading = p.catch(() => {});
+  return p;
+}
+
+async function requireBundle() {
+  await loading;
+  if (!state.bundle) throw new Error("no bundle loaded: load one first");
+  return state.bundle;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+function renderBundle() {
+  const b = state.bundle;
+  const info = $("bundle-info");
+  info.replaceChildren();
+  const rows = [
+    ["model", `${b.meta.arch} · version ${b.meta.model_version}` +
+              (b.meta.personalized ? " · personalized" : "")],
+    ["embedding", `${b.meta.embedding_size}-d`],
+    ["threshold", `${fmt(b.threshold)}` +
+                  (b.meta.far_target ? ` (FAR ${b.meta.far_target})` : "")],
+    ["created", b.meta.created_at || "?"],
+  ];
+  for (const [k, v] of rows) {
+    info.append(Object.assign(document.createElement("dt"), { textContent: k }),
+                Object.assign(document.createElement("dd"), { textContent: v }));
+  }
+  info.hidden = false;
+  const sel = $("model-kind");
+  sel.replaceChildren(...b.kinds.map((k) => new Option(k === "int8" ? "int8 (quantized)" : k, k)));
+  sel.value = b.kind;
+  $("model-switch-row").hidden = b.kinds.length < 2;
+  renderPeople();
+}
+
+function renderPeople() {
+  const b = state.bundle;
+  const list = $("people");
+  list.replaceChildren();
+  $("people-count").textContent = b ? `(${b.templates.length})` : "";
+  if (!b || !b.templates.length) {
+    list.append(Object.assign(document.createElement("li"), {
+      className: "muted", textContent: b ? "nobody yet: enroll someone below" : "load a bundle first",
+    }));
+  }
+  for (const t of b ? b.templates : []) {
+    const li = document.createElement("li");
+    const name = Object.assign(document.createElement("span"), { className: "name",
+                                                                  textContent: t.name });
+    const meta = Object.assign(document.createElement("span"), { className: "muted",
+      textContent: `${t.num_images ?? "?"} image${t.num_images === 1 ? "" : "s"} · ` +
+                   (t.source === "page" ? "enrolled here" : "bundle") });
+    li.append(name, meta);
+    if (t.source === "page") {
+      const rm = Object.assign(document.createElement("button"), {
+        type: "button", className: "small", textContent: "remove",
+        title: `forget ${t.name} (this device only)` });
+      rm.addEventListener("click", () => {
+        b.removeTemplate(t.name);
+        saveEnrolled(b);
+        renderPeople();
+      });
+      li.append(rm);
+    }
+    list.append(li);
+  }
+  const sel = $("verify-name");
+  const keep = sel.value;
+  sel.replaceChildren(...(b ? b.templates : []).map((t) => new Option(t.name, t.name)));
+  if (b && b.find(keep)) sel.value = keep;
+  updateButtons();
+}
+
+function updateButtons() {
+  const ready = !!state.bundle;
+  const hasPeople = ready && state.bundle.templates.length > 0;
+  $("verify-btn").disabled = !(hasPeople && state.probe);
+  $("identify-btn").disabled = !(hasPeople && state.probe);
+  const enrollImages = $("enroll-files").files.length + state.pending.length;
+  $("enroll-btn").disabled = !(ready && enrollImages > 0 && $("enroll-name").value.trim());
+  $("enroll-pending").textContent = state.pending.length
+    ? `${state.pending.length} camera frame${state.pending.length === 1 ? "" : "s"} captured` : "";
+  $("capture-enroll").disabled = !state.stream;
+  $("capture-probe").disabled = !state.stream;
+}
+
+function drawFace(pixels) {
+  const canvas = $("result-face");
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(SIZE, SIZE);
+  for (let i = 0; i < SIZE * SIZE; i++) {
+    img.data[4 * i] = pixels[3 * i];
+    img.data[4 * i + 1] = pixels[3 * i + 1];
+    img.data[4 * i + 2] = pixels[3 * i + 2];
+    img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function showResult(r, e) {
+  $("result").hidden = false;
+  drawFace(e.pixels);
+  const d = $("result-decision");
+  if ("accepted" in r) {
+    d.textContent = `${r.accepted ? "✔ accepted" : "✘ rejected"} as ${r.name}`;
+    d.className = `decision ${r.accepted ? "ok" : "no"}`;
+  } else {
+    d.textContent = r.name === "unknown" ? `✘ unknown (closest: ${r.best})`
+      : `✔ identified: ${r.name}`;
+    d.className = `decision ${r.name === "unknown" ? "no" : "ok"}`;
+  }
+  $("result-score").textContent = fmt(r.score);
+  $("result-threshold").textContent = fmt(r.threshold);
+  $("result-ms").textContent = `${e.ms.toFixed(1)} ms (${e.kind}; preprocessing ` +
+                               `${e.preMs.toFixed(1)} ms)`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations (shared by the UI and window.fedfrDemo)
+
+async function embedOne(source) {
+  const b = await requireBundle();
+  return b.embed(source);
+}
+
+async function verifySource(source, name) {
+  const b = await requireBundle();
+  const t = b.find(name);
+  if (!t) {
+    throw new Error(`no enrolled person named ${JSON.stringify(name)} (enrolled: ` +
+                    `${b.templates.map((x) => x.name).join(", ") || "nobody"})`);
+  }
+  const e = await b.embed(source);
+  const score = e.embedding.reduce((s, v, i) => s + v * t.template[i], 0);
+  const r = { name, score, threshold: b.threshold, accepted: score >= b.threshold,
+              ms: e.ms, model: e.kind };
+  showResult(r, e);
+  return r;
+}
+
+async function identifySource(source) {
+  const b = await requireBundle();
+  if (!b.templates.length) throw new Error("nobody is enrolled: enroll someone first");
+  const e = await b.embed(source);
+  const [best] = b.scores(e.embedding);
+  const r = { name: best.score >= b.threshold ? best.name : "unknown", best: best.name,
+              score: best.score, threshold: b.threshold, ms: e.ms, model: e.kind };
+  showResult(r, e);
+  return r;
+}
+
+async function enrollSources(name, sources) {
+  const b = await requireBundle();
+  if (typeof name !== "string" || !name.trim()) throw new Error("enroll needs a name");
+  if (!sources.length) throw new Error("enroll needs at least one image");
+  const embeddings = [];
+  for (const s of sources) embeddings.push((await b.embed(s)).embedding);
+  const t = b.addTemplate(name, embeddings, "page");
+  saveEnrolled(b);
+  renderPeople();
+  setStatus(`enrolled ${t.name} from ${t.num_images} image${t.num_images === 1 ? "" : "s"}`);
+  return { name: t.name, num_images: t.num_images, template: Float32Array.from(t.template) };
+}
+
+async function setModel(kind) {
+  const b = await requireBundle();
+  setStatus(`loading the ${kind} model…`);
+  await b.setKind(kind);
+  $("model-kind").value = kind;
+  setStatus(`ready: ${b.meta.arch} v${b.meta.model_version}, ${kind} on WASM`);
+  return kind;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Camera (getUserMedia; frames are processed like files, center-cropped to a square)
+
+async function startCamera() {
+  if (state.stream) {
+    stopCamera();
+    return;
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error("no camera access here: browsers allow the camera only on https:// or " +
+                    "http://localhost pages (see android_demo/README.md)");
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({
+    video: { facingMode: "user", width: { ideal: 640 }, height: { ideal: 640 } }, audio: false,
+  });
+  state.stream = stream;
+  const video = $("camera-video");
+  video.srcObject = stream;
+  $("camera-box").hidden = false;
+  await video.play();
+  placeGuide();
+  $("camera-start").textContent = "Stop camera";
+  updateButtons();
+}
+
+function stopCamera() {
+  if (state.stream) for (const t of state.stream.getTracks()) t.stop();
+  state.stream = null;
+  $("camera-box").hidden = true;
+  $("camera-start").textContent = "Start camera";
+  updateButtons();
+}
+
+function placeGuide() {
+  const video = $("camera-video");
+  const guide = document.querySelector(".guide");
+  const vw = video.videoWidth, vh = video.videoHeight;
+  if (!vw || !vh) return;
+  const k = video.clientWidth / vw; // the video is shown at its aspect ratio, full width
+  const side = Math.min(vw, vh) * k;
+  Object.assign(guide.style, { width: `${side}px`, height: `${side}px`,
+                               left: `${(vw * k - side) / 2}px`, top: `${(vh * k - side) / 2}px` });
+}
+
+function captureFrame() {
+  const video = $("camera-video");
+  if (!video.videoWidth) throw new Error("the camera has no frame yet");
+  return bitmapToRGBA(video, video.videoWidth, video.videoHeight);
+}
+
+// ---------------------------------------------------------------------------------------------
+// UI events
+
+function on(id, event, fn) {
+  $(id).addEventListener(event, (ev) => {
+    Promise.resolve(fn(ev)).catch(() => {}); // errors are shown by guarded()
+  });
+}
+
+function wireUI() {
+  on("bundle-form", "submit", (ev) => {
+    ev.preventDefault();
+    return loadBundle($("bundle-url").value.trim());
+  });
+  on("model-kind", "change", () => guarded(() => setModel($("model-kind").value)));
+  on("probe-file", "change", () => {
+    const f = $("probe-file").files[0];
+    state.probe = f ? { source: f, label: f.name } : null;
+    $("probe-status").textContent = f ? `probe: ${f.name}` : "pick an image or capture a frame";
+    updateButtons();
+  });
+  on("verify-btn", "click", () => guarded(() =>
+    verifySource(state.probe.source, $("verify-name").value)));
+  on("identify-btn", "click", () => guarded(() => identifySource(state.probe.source)));
+  on("enroll-name", "input", updateButtons);
+  on("enroll-files", "change", updateButtons);
+  on("enroll-btn", "click", () => guarded(async () => {
+    const sources = [...$("enroll-files").files, ...state.pending];
+    await enrollSources($("enroll-name").value, sources);
+    state.pending = [];
+    $("enroll-files").value = "";
+    $("enroll-name").value = "";
+    updateButtons();
+  }));
+  on("camera-start", "click", () => guarded(startCamera));
+  on("capture-enroll", "click", () => guarded(async () => {
+    state.pending.push(captureFrame());
+    updateButtons();
+  }));
+  on("capture-probe", "click", () => guarded(async () => {
+    state.probe = { source: captureFrame(), label: "camera frame" };
+    $("probe-status").textContent = "probe: camera frame";
+    updateButtons();
+  }));
+  window.addEventListener("resize", placeGuide);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automation API
+
+const api = {
+  version: 1,
+  lastError: null,
+  /** Load and check a bundle (directory URL, or its bundle.json); resolves to its info. */
+  loadBundle,
+  /** The L2-normalized embedding of an image URL with the current model. */
+  async embed(imageUrl) {
+    return guarded(async () => (await embedOne(imageUrl)).embedding);
+  },
+  /** The preprocessed face: 112x112x3 RGB uint8 pixels and the float32 NCHW model input. */
+  async preprocess(imageUrl) {
+    return guarded(async () => {
+      const b = await requireBundle();
+      const pixels = cropResizeRGB(await imageToRGBA(imageUrl));
+      return { pixels, tensor: normalizeNCHW(pixels, b.meta.input.mean, b.meta.input.std) };
+    });
+  },
+  /** 1:1 against an enrolled person: {name, score, threshold, accepted, ms, model}. */
+  async verify(imageUrl, name) {
+    return guarded(() => verifySource(imageUrl, name));
+  },
+  /** 1:N among the enrolled: {name (or "unknown"), best, score, threshold, ms, model}. */
+  async identify(imageUrl) {
+    return guarded(() => identifySource(imageUrl));
+  },
+  /** Enroll (or re-enroll) a person from image URLs; the template stays on this device. */
+  async enroll(name, imageUrls) {
+    return guarded(() => enrollSources(name, Array.from(imageUrls || [])));
+  },
+  /** Switch between "fp32" and "int8" (when the bundle has it). */
+  async setModel(kind) {
+    return guarded(() => setModel(kind));
+  },
+  info: () => bundleInfo(),
+  identities: () => (state.bundle ? state.bundle.templates.map((t) => ({
+    name: t.name, num_images: t.num_images, source: t.source })) : []),
+};
+window.fedfrDemo = api;
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+wireUI();
+renderPeople();
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("./sw.js").catch((e) => {
+    console.warn("service worker not registered:", e);
+  });
+}
+const params = new URLSearchParams(location.search);
+if (params.get("bundle")) $("bundle-url").value = params.get("bundle");
+if (params.get("autoload") !== "0") {
+  loadBundle($("bundle-url").value.trim()).catch(() => {});
+} else {
+  setStatus("no bundle loaded");
+}
+api.ready = Promise.resolve(true);
+document.documentElement.dataset.ready = "1";
