@@ -137,7 +137,7 @@ async function doLoadBundle(url) {
   state.bundle = bundle;
   keepForOffline(bundle);
   renderBundle();
-  setStatus(`ready: ${bundle.meta.arch} v${bundle.meta.model_version}, ` +
+  setStatus(`ready: ${bundle.meta.arch} ${versionLabel(bundle.meta)}, ` +
             `${bundle.templates.length} enrolled, ${bundle.kind} on WASM`);
   return bundleInfo(bundle);
 }
@@ -162,7 +162,7 @@ function renderBundle() {
   const info = $("bundle-info");
   info.replaceChildren();
   const rows = [
-    ["model", `${b.meta.arch} · version ${b.meta.model_version}` +
+    ["model", `${b.meta.arch} · ${versionLabel(b.meta)}` +
               (b.meta.personalized ? " · personalized" : "")],
     ["embedding", `${b.meta.embedding_size}-d`],
     ["threshold", `${fmt(b.threshold)}` +
@@ -315,7 +315,7 @@ async function setModel(kind) {
   setStatus(`loading the ${kind} model…`);
   await b.setKind(kind);
   $("model-kind").value = kind;
-  setStatus(`ready: ${b.meta.arch} v${b.meta.model_version}, ${kind} on WASM`);
+  setStatus(`ready: ${b.meta.arch} ${versionLabel(b.meta)}, ${kind} on WASM`);
   return kind;
 }
 
@@ -477,3 +477,8 @@ if (params.get("autoload") !== "0") {
 }
 api.ready = Promise.resolve(true);
 document.documentElement.dataset.ready = "1";
+
+/** "v3", or "unversioned" when the bundle's model carries no version. */
+function versionLabel(meta) {
+  return meta.model_version ? `v${meta.model_version}` : "unversioned";
+}

@@ -6,7 +6,7 @@
 // files it has verified into the "fedfr-demo-bundle-v1" cache. Nothing is ever sent anywhere:
 // only GETs of this origin are handled, everything else passes through untouched.
 
-const VERSION = "fedfr-demo-shell-v1";
+const VERSION = "fedfr-demo-shell-v2";
 const BUNDLE_CACHE = "fedfr-demo-bundle-v1";
 const SHELL = [
   "./",
