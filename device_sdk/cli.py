@@ -1,15 +1,197 @@
-"""``device_sdk`` command line (placeholder: the commands arrive with their issue)."""
+"""``device_sdk`` (also ``python -m device_sdk``): the device side of FedFR on the command line.
+
+::
+
+    device_sdk [--home DIR] [--json] register --server URL --enrollment-token TOKEN [--force]
+    device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...]
+    device_sdk [--home DIR] [--json] identities
+    device_sdk [--home DIR] [--json] forget NAME
+
+Every command is a function of :mod:`device_sdk.api`. The device home is ``--home``, else
+``$FEDFR_DEVICE_HOME``, else ``~/.fedfr-device``. ``--home`` and ``--json`` may also follow
+the subcommand. With ``--json`` the result is one JSON document on stdout, and a failure is
+``{"error": {"exit_code", "type", "message"[, "status", "reason", "detail"]}}`` on stdout
+as well as the message on stderr.
+
+Exit codes (stable):
+
+====  ==========================================================================
+0     success
+1     bad input: an unreadable or faceless image, a bad name, an unknown identity,
+      an unusable home, a failed write... (the message names the file or value)
+2     usage: unknown command or option, missing argument
+3     the server cannot be reached (after retries)
+4     the server refused the request (its ``reason`` is printed)
+130   interrupted
+====  ==========================================================================
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
 
-from fedfr.placeholder import placeholder_main
+from device_sdk import __version__, api
+from device_sdk.errors import EnrollError, ServerError, ServerUnavailable
+from fedfr.errors import FedFRError
+from fedfr.io import jsonable
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+EXIT_INTERRUPTED = 130
+
+PROG = "device_sdk"
+
+
+def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # on the subcommands the defaults are SUPPRESS so that they do not undo the top level's
+    d = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--home", metavar="DIR", help="the device home (default: "
+                   "$FEDFR_DEVICE_HOME, else ~/.fedfr-device)", **({"default": None} | d))
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts)",
+                   **({"default": False} | d))
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages",
+                   **({"default": False} | d))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The FedFR device SDK: register with an aggregator, enroll "
+        "the identities this device recognizes. Nothing about them ever leaves the device.",
+        epilog="exit codes: 0 ok, 1 bad input, 2 usage, 3 server unreachable, "
+        "4 server refused")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("register", help="register this device with an aggregator",
+                       description="Register with the aggregator and store the device token. "
+                       "Sends the enrollment token, the platform and the SDK version only.")
+    p.add_argument("--server", required=True, metavar="URL", help="the aggregator's URL")
+    p.add_argument("--enrollment-token", required=True, metavar="TOKEN",
+                   help="from `aggregator admin enrollment-token`")
+    p.add_argument("--force", action="store_true",
+                   help="register again, replacing the stored credentials")
+    _common(p, top=False)
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("enroll", help="enroll an identity, or add images to it",
+                       description="Enroll NAME with images: aligned 112x112 crops are taken "
+                       "as they are; other photos must show exactly one face, which is "
+                       "detected and aligned. If any file fails, nothing is stored.")
+    p.add_argument("name", metavar="NAME", help="1-64 characters, no / \\ or control chars")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG...)")
+    _common(p, top=False)
+    p.set_defaults(func=_enroll)
+
+    p = sub.add_parser("identities", help="list the enrolled identities",
+                       description="List the enrolled identities and their image counts.")
+    _common(p, top=False)
+    p.set_defaults(func=_identities)
+
+    p = sub.add_parser("forget", help="remove an identity and everything stored for it",
+                       description="Remove NAME: its images and its private state.")
+    p.add_argument("name", metavar="NAME")
+    _common(p, top=False)
+    p.set_defaults(func=_forget)
+    return parser
+
+
+def _emit(args: argparse.Namespace, obj: object, text: str) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=2, default=jsonable))
+    else:
+        print(text)
+
+
+def _register(args: argparse.Namespace) -> int:
+    r = api.register(args.home, args.server, args.enrollment_token, force=args.force)
+    _emit(args, r, f"registered with {r['server']} as device {r['device_id']}")
+    return EXIT_OK
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    bar = None
+    if not args.json and sys.stderr.isatty() and len(args.images) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(args.images), desc="aligning", unit="image", file=sys.stderr,
+                   leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        r = api.enroll(args.home, args.name, args.images, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    verb = "enrolled" if r["created"] else "updated"
+    dup = f", {r['skipped_duplicates']} duplicate(s) skipped" if r["skipped_duplicates"] else ""
+    _emit(args, r, f"{verb} {r['name']!r}: {r['added']} image(s) added{dup}, "
+                   f"{r['total_images']} in all")
+    return EXIT_OK
+
+
+def _identities(args: argparse.Namespace) -> int:
+    rows = api.identities(args.home)
+    if args.json:
+        _emit(args, rows, "")
+    elif not rows:
+        print("no identity enrolled")
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['images']} image(s)")
+    return EXIT_OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    r = api.forget(args.home, args.name)
+    _emit(args, r, f"forgot {r['name']!r} ({r['removed_images']} image(s) removed)")
+    return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, code: int, exc: BaseException, message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        err: dict = {"exit_code": code, "type": type(exc).__name__, "message": message}
+        if isinstance(exc, ServerError):
+            err.update(status=exc.status, reason=exc.reason, detail=exc.detail)
+        if isinstance(exc, EnrollError):
+            err["files"] = [{"file": f, "message": m} for f, m in exc.problems]
+        print(json.dumps({"error": err}, indent=2))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return placeholder_main("device_sdk", argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ServerUnavailable as e:
+        return _fail(args, EXIT_UNREACHABLE, e, str(e))
+    except ServerError as e:
+        return _fail(args, EXIT_REFUSED, e, str(e))
+    except FedFRError as e:
+        return _fail(args, EXIT_BAD_INPUT, e, str(e))
+    except OSError as e:  # a full disk, a read-only home...: nothing was stored
+        return _fail(args, EXIT_BAD_INPUT, e, f"{e.filename or ''}: {e.strerror or e}".lstrip(
+            ": "))
+    except KeyboardInterrupt as e:
+        return _fail(args, EXIT_INTERRUPTED, e, "interrupted")
 
 
 if __name__ == "__main__":

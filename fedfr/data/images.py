@@ -2,9 +2,9 @@
 
 Every reader in :mod:`fedfr.data` goes through :func:`decode_image`, so that PNG, JPEG and the
 image records inside RecordIO / verification ``.bin`` files all come out the same way (RGB, never
-BGR; grayscale, palette, RGBA and CMYK converted to RGB). EXIF orientation is *not* applied: the
-field's aligned-face datasets carry none, and the OpenCV-based readers of other tools differ on
-it.
+BGR; grayscale, palette, RGBA and CMYK converted to RGB). EXIF orientation is applied, as
+browsers apply it (a phone photo comes out upright, and the web demo sees the same pixels); the
+field's aligned-face datasets carry no orientation tag, so they are unaffected.
 """
 
 from __future__ import annotations
