@@ -296,7 +296,8 @@ class Bundle:
         if x.dtype != np.float32 or x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"model input must be float32 (N, {', '.join(map(str, want))}), "
                              f"got {x.dtype} {x.shape}")
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        # re-normalized: the contract says the model does it, a quantized graph may drift
+        return l2n(self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
 
     def _index(self, name: str) -> int:
         try:

@@ -61,3 +61,37 @@ def test_aggregator_benchmark_runs(tmp_path):
         assert min(r["stream_s"], r["floor_s"], r["naive_s"], r["service_s"]) > 0
         assert min(r["stream_peak_mb"], r["naive_peak_mb"], r["service_peak_mb"]) >= 0
         assert r["stream_and_floor_agree"]
+
+
+def test_export_latency_benchmark_runs(tmp_path):
+    out = tmp_path / "e.json"
+    mod = _load("export_latency")
+    assert mod.main(["--quick", "--workdir", str(tmp_path), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    models = ["fp32", "static_int8", "dynamic_int8", "static_int8_tuned"]
+    sizes = report["sizes"]
+    assert min(sizes[m] for m in models) > 0
+    assert min(sizes[f"fp32_over_{m}"] for m in models[1:]) > 1
+    rows = report["latency"]["results"]
+    assert {(r["runtime"], r["model"]) for r in rows} == {
+        ("pytorch", "fp32"), *(("onnxruntime", m) for m in models)}
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["runs"] == 6 and r["speedup_vs_fp32"] > 0
+    # the exported fp32 model computes what PyTorch does; int8 stays close
+    cos = report["latency"]["cosine_to_pytorch_same_face"]
+    assert cos["onnxruntime/fp32"] > 0.9999 and min(cos.values()) > 0.9
+    browser = report["browser"]
+    if browser["measured"]:
+        assert [r["model"] for r in browser["results"]] == models
+        for r in browser["results"]:
+            assert 0 < r["p50_ms"] <= r["p99_ms"] and r["cosine_to_ort_python"] > 0.9
+        assert browser["results"][0]["cosine_to_ort_python"] > 0.9999  # fp32: the same model
+    else:
+        assert browser["reason"] == mod.browser_unavailable()
+    acc = report["accuracy"]
+    assert acc["genuine_pairs"] > 0 and acc["impostor_pairs"] > 0
+    for m in models:
+        a = acc["models"][m]
+        assert 0 <= a["tar@0.001"] <= a["tar@0.01"] <= 1 and a["output_norm_min"] > 0
+        assert a["cosine_to_fp32_mean"] > 0.5 and "delta_points@0.001" in a
+    assert acc["models"]["fp32"]["output_norm_max"] < 1.0001  # the contract: L2-normalized

@@ -189,6 +189,8 @@ def test_int8_static_and_dynamic(exported, faces, tmp_path):
         assert (got * ref).sum(1).mean() > 0.9  # close to fp32, not equal
         assert read_metadata(q)["fedfr.arch"] == "mbf_tiny"
     assert "static" in read_metadata(s8)["fedfr.quantization"]
+    # the normalization tail stays float: the int8 output is still L2-normalized
+    np.testing.assert_allclose(np.linalg.norm(_ort(s8, x), axis=1), 1.0, atol=1e-4)
     ops = {n.op_type for n in onnx.load(str(s8)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     with pytest.raises(ValueError, match="calibration"):
