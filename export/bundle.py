@@ -36,6 +36,7 @@ import numpy as np
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.preprocess import CROP, load_crop, normalize, to_crop
 from fedfr.errors import FedFRError
+from fedfr.io import replace_dir
 
 BUNDLE_FORMAT = "fedfr-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -170,14 +171,7 @@ def write_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
             "models": models, "files": files,
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
+        replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

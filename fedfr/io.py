@@ -45,6 +45,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def replace_dir(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move a completely written directory ``staged`` onto ``target`` (same filesystem).
+
+    An existing ``target`` is renamed away first and removed after, so ``target`` is always
+    the old directory or the new one, never a mix of both.
+    """
+    import shutil
+
+    staged, target = Path(staged), Path(target)
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:

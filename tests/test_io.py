@@ -27,3 +27,20 @@ def test_failed_write_keeps_old_content_and_leaves_nothing(tmp_path):
         raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["b.bin"]
+
+
+def test_replace_dir_swaps_whole_directories(tmp_path):
+    from fedfr.io import replace_dir
+
+    target = tmp_path / "out"
+    first = tmp_path / "stage1"
+    first.mkdir()
+    (first / "a.txt").write_text("1")
+    replace_dir(first, target)
+    assert (target / "a.txt").read_text() == "1" and not first.exists()
+    second = tmp_path / "stage2"
+    second.mkdir()
+    (second / "b.txt").write_text("2")
+    replace_dir(second, target)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # nothing of the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no leftovers

@@ -58,6 +58,7 @@ import numpy as np
 from fedfr.data.contract import ARCFACE_CONTRACT
 from fedfr.data.manifest import FORMAT, FORMAT_VERSION, MANIFEST, is_synthetic_dataset
 from fedfr.errors import FedFRError
+from fedfr.io import replace_dir
 
 from .config import GENERATOR_VERSION, GeneratorConfig
 from .domain import DomainStyle, device_domain, public_domain
@@ -252,13 +253,7 @@ def synthesize(
         shutil.rmtree(tmp)
     try:
         _write(prof, tmp, seed, workers, progress, chunk)
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
