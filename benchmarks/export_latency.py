@@ -173,19 +173,10 @@ def export_models(checkpoint: Path, arch: str, out: Path, calib: dict[int, np.nd
         paths[f"static_int8@{dev}"] = quantize_static_int8(  # plain: nothing kept float
             paths["fp32"], out / f"static_int8_dev{dev}.onnx", x, reduce_range=False,
             keep_float=False)
-        paths[f"static_int8_tuned@{dev}"] = quantize_static_tuned(
+        paths[f"static_int8_tuned@{dev}"] = quantize_static_int8(  # export/'s defaults
             paths["fp32"], out / f"static_int8_tuned_dev{dev}.onnx", x)
     paths["dynamic_int8"] = quantize_dynamic_int8(paths["fp32"], out / "dynamic_int8.onnx")
     return paths
-
-
-def quantize_static_tuned(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
-    """:func:`export.quantize.quantize_static_int8` as ``export/`` now calls it (defaults:
-    ``reduce_range=True``, the normalization tail and grouped non-depthwise convolutions kept
-    float)."""
-    from export.quantize import quantize_static_int8
-
-    return quantize_static_int8(fp32, out, calibration)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -351,13 +351,18 @@ def check_manifest(manifest: dict, root: Path, where: str) -> None:
                               f"(tampered or corrupt)")
 
 
-def _embed_model(model: Path, crops: np.ndarray, mean: float, std: float) -> np.ndarray:
+def _embedder(model: Path, mean: float, std: float):
+    """One ONNX Runtime session of ``model``: uint8 crops -> raw (N, D) outputs."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: normalize(crops[i:i + 64], mean, std)})[0]
-           for i in range(0, len(crops), 64)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        out = [sess.run([OUTPUT_NAME], {INPUT_NAME: normalize(crops[i:i + 64], mean, std)})[0]
+               for i in range(0, len(crops), 64)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    return embed
 
 
 def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
@@ -391,19 +396,19 @@ def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
     if not enrolled:
         raise ValueError("nobody to enroll: a bundle needs at least one identity")
     crops = {n: np.stack([to_crop(i) for i in np.asarray(v)]) for n, v in enrolled.items()}
-    templates = make_templates({n: _embed_model(Path(model), c, mean, std)
-                                for n, c in crops.items()})
+    embed = _embedder(Path(model), mean, std)  # one session for every embedding below
+    templates = make_templates({n: embed(c) for n, c in crops.items()})
     report: dict = {"identities": len(templates)}
-    held = None
+    held = held_emb = None
     if heldout is not None and len(heldout):
         held = np.stack([to_crop(i) for i in np.asarray(heldout)])
         labels = np.asarray(heldout_labels)
+        held_emb = embed(held)
     if threshold is None:
         if held is None:
             raise ValueError("no held-out images to calibrate the threshold on; pass "
                              "threshold= or held-out images of at least two identities")
-        cal = calibrate_threshold(_embed_model(Path(model), held, mean, std), labels,
-                                  far_target)
+        cal = calibrate_threshold(held_emb, labels, far_target)
         threshold = cal["threshold"]
         report["calibration"] = cal
     else:
@@ -422,8 +427,9 @@ def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
             if held is not None and len(np.unique(labels)) > 1:
                 iu = np.triu_indices(len(held), k=1)
                 same = (labels[:, None] == labels[None, :])[iu].astype(np.int64)
-                for k, m in (("fp32", Path(model)), ("int8", int8_path)):
-                    e = l2n(_embed_model(m, held, mean, std))
+                int8_emb = _embedder(int8_path, mean, std)(held)
+                for k, emb in (("fp32", held_emb), ("int8", int8_emb)):
+                    e = l2n(emb)
                     report[f"tar_at_far_{k}"] = float(tar_at_far((e @ e.T)[iu], same,
                                                                  far_target))
         path = write_bundle(out, model=model, templates=templates,
