@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from device_sdk import client
+from device_sdk import client, training
 from device_sdk.errors import (
     DataFormatError,
     DetectorUnavailable,
@@ -33,7 +34,19 @@ from device_sdk.faces import MTCNNDetector, load_face
 from device_sdk.home import DeviceHome, utc_now
 from fedfr.data.images import encode_png
 
-__all__ = ["MAX_NAME_LENGTH", "enroll", "forget", "identities", "register", "validate_name"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "enroll",
+    "export",
+    "forget",
+    "identify",
+    "identities",
+    "register",
+    "status",
+    "train",
+    "validate_name",
+    "verify",
+]
 
 MAX_NAME_LENGTH = 64
 Home = DeviceHome | str | os.PathLike[str] | None
@@ -74,8 +87,11 @@ def register(home: Home, server: str, enrollment_token: str, *, force: bool = Fa
             raise DeviceSDKError(f"this device is already registered with {creds.server_url} "
                                  f"as device {creds.device_id}; register again with --force "
                                  f"(force=True)")
-        device_id, token = client.register(url, enrollment_token, retry=retry, http=http)
+        traffic = {"sent": 0, "received": 0}
+        device_id, token = client.register(url, enrollment_token, retry=retry, http=http,
+                                           traffic=traffic)
         h.set_credentials(url, device_id, token)
+        training.add_traffic(h, traffic["sent"], traffic["received"])
         return {"server": url, "device_id": device_id}
 
 
@@ -190,7 +206,8 @@ def identities(home: Home) -> list[dict]:
 
 
 def forget(home: Home, name: str) -> dict:
-    """Remove identity ``name``: its rows, its crops and its private state directory.
+    """Remove identity ``name``: its rows, its crops, and its rows of the private state (local
+    identity weight, DFC classifier); a bundle exported afterwards no longer holds it.
 
     Returns:
         ``{"name", "removed_images"}``.
@@ -206,10 +223,195 @@ def forget(home: Home, name: str) -> dict:
             hint = f"; enrolled: {', '.join(known)}" if known else "; none is enrolled"
             raise UnknownIdentityError(f"no identity named {name!r} on this device{hint}")
         ident = row[0]
+        (label,) = tx.db.execute("SELECT label FROM identities WHERE id = ?",
+                                 (ident,)).fetchone()
         (n,) = tx.db.execute("SELECT COUNT(*) FROM images WHERE identity_id = ?",
                              (ident,)).fetchone()
+        training.scrub_private(h, tx, int(label))
         tx.db.execute("DELETE FROM images WHERE identity_id = ?", (ident,))
         tx.db.execute("DELETE FROM identities WHERE id = ?", (ident,))
         tx.move_to_trash(h.crops_dir(ident))
         tx.move_to_trash(h.private_dir(ident))
     return {"name": key, "removed_images": int(n)}
+
+
+# ------------------------------------------------------------------------- training
+def train(home: Home, *, rounds: int | None = 1, wait: float | None = None,
+          device: str = "auto", progress: bool = False, retry: client.Retry | None = None,
+          http: httpx.Client | None = None,
+          on_event: Callable[[str, dict], None] | None = None) -> dict:
+    """Take part in ``rounds`` federated rounds (``None``: forever); see
+    :func:`device_sdk.training.train` for the round and what it returns.
+
+    Raises:
+        NotRegisteredError: before ``register``.
+        NoRoundError: no task within ``wait`` seconds.
+        RoundConfigError: a round this SDK cannot train (its config names the problem).
+        ServerError / ServerUnavailable: the server refused, or cannot be reached.
+    """
+    with open_home(home) as h:
+        return training.train(h, rounds=rounds, wait=wait, device=device, progress=progress,
+                              retry=retry, http=http, on_event=on_event)
+
+
+# ------------------------------------------------------------------------- export & use
+#: Public pack images used as extra impostors when calibrating an exported threshold.
+CALIBRATION_PUBLIC_IMAGES = 2000
+
+
+def export(home: Home, out: str | os.PathLike[str], *, int8: bool = False,
+           far_target: float = 1e-3, make_zip: bool = False) -> dict:
+    """The personalized recognizer as a bundle (:func:`export.bundle.create_bundle`).
+
+    The model is the device's local backbone → its DFC converter, from its last accepted
+    round; the templates are the enrolled identities' images embedded by that model; the
+    threshold is calibrated at ``far_target`` on impostor pairs among the enrolled images and
+    up to :data:`CALIBRATION_PUBLIC_IMAGES` public pack images (other people than the
+    device's, so the false accepts are counted on many more pairs than the device's own
+    identities give).
+
+    Returns:
+        ``{"bundle", "identities", "model_version", "threshold", "report"}``.
+
+    Raises:
+        DeviceSDKError: nothing enrolled, or no personalized model yet (train first).
+    """
+    import tempfile
+
+    from export.bundle import create_bundle
+    from export.onnx_export import export_personalized
+    from fedfr.fl import GlobalModel
+    from fedfr.train.local_state import PublicPack
+
+    with open_home(home) as h:
+        images, labels, idents = training.enrolled_images(h)
+        if not idents or not len(images):
+            raise DeviceSDKError("nobody is enrolled: device_sdk enroll NAME IMAGE... first")
+        private, meta = training.load_private(h, [int(d["label"]) for d in idents])
+        if private is None or private.local_backbone is None:
+            raise DeviceSDKError("no personalized model yet: run device_sdk train first")
+        mpath = training.cached_model_path(h, meta.get("model_sha256", ""))
+        if not mpath.exists():
+            raise DeviceSDKError(f"the model version {meta.get('model_version')} the private "
+                                 f"state was trained from is no longer cached; run device_sdk "
+                                 f"train again")
+        model = GlobalModel.load(mpath)
+        enrolled = {d["name"]: images[labels == k] for k, d in enumerate(idents)
+                    if (labels == k).any()}
+        held, held_labels = images, labels
+        pack_path = training.cached_model_path(h, meta.get("pack_sha256", ""))
+        if pack_path.exists():
+            pack = PublicPack.load(pack_path)
+            if pack.kind == "images":
+                rng = np.random.default_rng(0)
+                sel = np.sort(rng.permutation(len(pack.images))[:CALIBRATION_PUBLIC_IMAGES])
+                held = np.concatenate([images, pack.images[sel]])
+                held_labels = np.concatenate([labels, len(idents) + np.asarray(
+                    pack.labels, np.int64)[sel]])
+        with tempfile.TemporaryDirectory(dir=h.path, prefix=".export-") as td:
+            onnx_path = export_personalized(model, private, Path(td) / "model.onnx")
+            path, report = create_bundle(out, model=onnx_path, enrolled=enrolled,
+                                         heldout=held, heldout_labels=held_labels,
+                                         far_target=far_target, int8=int8,
+                                         make_zip=make_zip)
+        h.set_state("last_bundle", str(Path(path).resolve()))
+    return {"bundle": str(path), "identities": sorted(enrolled),
+            "model_version": int(meta.get("model_version", 0)),
+            "threshold": float(report["calibration"]["threshold"]) if "calibration" in report
+            else None, "report": report}
+
+
+def _bundle_path(h: DeviceHome, bundle: str | os.PathLike[str] | None) -> Path:
+    if bundle is not None:
+        return Path(bundle)
+    last = h.get_state("last_bundle")
+    if not last:
+        raise DeviceSDKError("no bundle: run device_sdk export --out BUNDLE first, or pass "
+                             "--bundle")
+    return Path(last)
+
+
+def _face(image: str | os.PathLike[str], detector: MTCNNDetector | None) -> np.ndarray:
+    try:
+        crop, _ = load_face(image, detector=detector)
+    except DataFormatError as e:
+        raise DataFormatError(re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "",
+                                     str(e))) from None
+    return crop
+
+
+def verify(home: Home, image: str | os.PathLike[str], name: str, *,
+           bundle: str | os.PathLike[str] | None = None, variant: str = "fp32",
+           detector: MTCNNDetector | None = None) -> dict:
+    """Is the face in ``image`` ``name``? Runs the bundle (default: the last export) with ONNX
+    Runtime: ``{"name", "score", "threshold", "accepted", "image", "bundle"}``.
+
+    Raises:
+        FaceError / DataFormatError: the image (named) has no usable face or is unreadable.
+        UnknownIdentityError: ``name`` is not in the bundle.
+        BundleError: the bundle is missing, altered or unusable.
+    """
+    from export.bundle import Bundle
+
+    with open_home(home) as h:
+        path = _bundle_path(h, bundle)
+    crop = _face(image, detector)
+    b = Bundle.load(path, variant=variant)
+    key = unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+    try:
+        r = b.verify(crop, key)
+    except KeyError as e:
+        raise UnknownIdentityError(str(e.args[0]) if e.args else str(e)) from None
+    return {**r, "image": str(image), "bundle": str(path)}
+
+
+def identify(home: Home, image: str | os.PathLike[str], *,
+             bundle: str | os.PathLike[str] | None = None, variant: str = "fp32",
+             detector: MTCNNDetector | None = None) -> dict:
+    """Who is the face in ``image``? ``{"name" (or "unknown"), "best", "score", "threshold",
+    "image", "bundle"}`` from the bundle (default: the last export)."""
+    from export.bundle import UNKNOWN, Bundle
+
+    with open_home(home) as h:
+        path = _bundle_path(h, bundle)
+    crop = _face(image, detector)
+    b = Bundle.load(path, variant=variant)
+    try:
+        r = b.identify(crop)
+    except KeyError as e:
+        raise DeviceSDKError(str(e.args[0]) if e.args else str(e)) from None
+    return {**r, "known": r["name"] != UNKNOWN, "image": str(image), "bundle": str(path)}
+
+
+def status(home: Home) -> dict:
+    """What the device holds: registration, identities, models, private state, pending
+    upload, traffic so far, last bundle (never the token)."""
+    with open_home(home) as h:
+        creds = h.credentials()
+        private = h.path / training.PRIVATE_FILE
+        meta = training._private_meta(private) if private.exists() else {}
+        models = [{"version": v, "sha256": sha} for v, sha in h.db.execute(
+            "SELECT version, sha256 FROM models ORDER BY version")]
+        return {
+            "home": str(h.path),
+            "registered": creds is not None,
+            "server": creds.server_url if creds else None,
+            "device_id": creds.device_id if creds else None,
+            "identities": len(identities(h)),
+            "images": int(h.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]),
+            "models": models,
+            "personalized_from_version": int(meta["model_version"]) if meta else None,
+            "rounds_trained": _rounds(private),
+            "pending_upload": h.get_state("pending_upload"),
+            "traffic": h.get_state("traffic", {"sent": 0, "received": 0}),
+            "last_bundle": h.get_state("last_bundle"),
+        }
+
+
+def _rounds(private: Path) -> int:
+    if not private.exists():
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(str(private), framework="numpy") as f:
+        return int(f.get_tensor("local.rounds")) if "local.rounds" in f.keys() else 0  # noqa: SIM118

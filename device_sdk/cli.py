@@ -6,6 +6,12 @@
     device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...]
     device_sdk [--home DIR] [--json] identities
     device_sdk [--home DIR] [--json] forget NAME
+    device_sdk [--home DIR] [--json] train [--rounds N | --forever] [--wait SECONDS]
+                                           [--device auto|cpu|cuda]
+    device_sdk [--home DIR] [--json] export --out BUNDLE [--int8] [--far 1e-3] [--zip]
+    device_sdk [--home DIR] [--json] verify IMAGE --as NAME [--bundle BUNDLE]
+    device_sdk [--home DIR] [--json] identify IMAGE [--bundle BUNDLE]
+    device_sdk [--home DIR] [--json] status
 
 Every command is a function of :mod:`device_sdk.api`. The device home is ``--home``, else
 ``$FEDFR_DEVICE_HOME``, else ``~/.fedfr-device``. ``--home`` and ``--json`` may also follow
@@ -22,6 +28,7 @@ Exit codes (stable):
 2     usage: unknown command or option, missing argument
 3     the server cannot be reached (after retries)
 4     the server refused the request (its ``reason`` is printed)
+5     ``train --wait``: no round for this device within the wait
 130   interrupted
 ====  ==========================================================================
 """
@@ -36,6 +43,7 @@ from collections.abc import Sequence
 
 from device_sdk import __version__, api
 from device_sdk.errors import EnrollError, ServerError, ServerUnavailable
+from device_sdk.training import NoRoundError
 from fedfr.errors import FedFRError
 from fedfr.io import jsonable
 
@@ -44,6 +52,7 @@ EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
+EXIT_NO_ROUND = 5
 EXIT_INTERRUPTED = 130
 
 PROG = "device_sdk"
@@ -65,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="The FedFR device SDK: register with an aggregator, enroll "
         "the identities this device recognizes. Nothing about them ever leaves the device.",
         epilog="exit codes: 0 ok, 1 bad input, 2 usage, 3 server unreachable, "
-        "4 server refused")
+        "4 server refused, 5 no round within --wait")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -100,6 +109,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     _common(p, top=False)
     p.set_defaults(func=_forget)
+
+    p = sub.add_parser("train", help="take part in federated rounds",
+                       description="Check in with the aggregator; on a task download the "
+                       "model (and public pack), train on the enrolled identities, upload the "
+                       "shared tensors. Waits as the server's Retry-After says between "
+                       "check-ins.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="rounds to complete (default 1)")
+    g.add_argument("--forever", action="store_true", help="keep taking part until stopped")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="give up (exit 5) after this long without a round (default: wait)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
+    _common(p, top=False)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export the personalized recognizer as a bundle",
+                       description="Write the personalized recognizer (ONNX), the enrolled "
+                       "identities' templates and a threshold calibrated at --far.")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory (or "
+                   ".zip with --zip)")
+    p.add_argument("--int8", action="store_true", help="add an int8 model (static, "
+                   "calibrated on this device's images)")
+    p.add_argument("--far", type=float, default=1e-3, help="false accept rate the threshold "
+                   "is calibrated at (default 1e-3)")
+    p.add_argument("--zip", action="store_true", help="write one .zip file")
+    _common(p, top=False)
+    p.set_defaults(func=_export)
+
+    for name, helptext in (("verify", "is the face in IMAGE the enrolled NAME?"),
+                           ("identify", "who is the face in IMAGE?")):
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
+                           + " Runs the exported bundle with ONNX Runtime.")
+        p.add_argument("image", metavar="IMAGE", help="a photo (one face) or an aligned crop")
+        if name == "verify":
+            p.add_argument("--as", dest="name", required=True, metavar="NAME")
+        p.add_argument("--bundle", default=None, help="default: the last export")
+        p.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
+        _common(p, top=False)
+        p.set_defaults(func=_verify if name == "verify" else _identify)
+
+    p = sub.add_parser("status", help="what this device holds",
+                       description="Registration, identities, models, rounds trained, "
+                       "traffic so far, the last bundle.")
+    _common(p, top=False)
+    p.set_defaults(func=_status)
     return parser
 
 
@@ -159,6 +214,92 @@ def _forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    if not args.forever and args.rounds < 1:
+        raise api.DeviceSDKError(f"--rounds must be >= 1, got {args.rounds}")
+    quiet = args.json
+
+    def on_event(kind: str, d: dict) -> None:
+        if quiet:
+            return
+        if kind == "waiting":
+            print(f"no round for this device now; checking in again in {d['seconds']:g}s",
+                  file=sys.stderr)
+        elif kind == "training":
+            print(f"round {d['round_id']}: training model v{d['model_version']} on "
+                  f"{d['images']} images of {d['identities']} identities ({d['device']})",
+                  file=sys.stderr)
+        elif kind == "upload_refused":
+            print(f"round {d['round_id']}: the server no longer takes this update "
+                  f"({d['reason']}); the local training is kept", file=sys.stderr)
+        elif kind == "resuming_upload":
+            print(f"round {d['round_id']}: sending the update an earlier run did not finish",
+                  file=sys.stderr)
+
+    r = api.train(args.home, rounds=None if args.forever else args.rounds, wait=args.wait,
+                  device=args.device, progress=not args.json and sys.stderr.isatty(),
+                  on_event=on_event)
+    lines = []
+    for x in r["rounds"]:
+        t = x.get("timings", {})
+        m = x.get("metrics", {})
+        lines.append(f"round {x['round_id']} (model v{x['model_version']}): "
+                     + ("update accepted" if x["accepted"] else "update not taken")
+                     + (f", {x['update_bytes'] / 1e6:.2f} MB up" if "update_bytes" in x else "")
+                     + (f", loss {m['loss']:.3f}" if "loss" in m else "")
+                     + (f", download {t['download_s']:.1f}s train {t['train_s']:.1f}s "
+                        f"upload {t['upload_s']:.1f}s" if t else ""))
+    lines.append(f"{r['bytes_sent'] / 1e6:.2f} MB sent, {r['bytes_received'] / 1e6:.2f} MB "
+                 f"received")
+    _emit(args, r, "\n".join(lines))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    r = api.export(args.home, args.out, int8=args.int8, far_target=args.far,
+                   make_zip=args.zip)
+    thr = "" if r["threshold"] is None else f", threshold {r['threshold']:.4f} at FAR {args.far:g}"
+    _emit(args, r, f"exported {r['bundle']}: {len(r['identities'])} identities, model "
+                   f"v{r['model_version']}{thr}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    r = api.verify(args.home, args.image, args.name, bundle=args.bundle,
+                   variant="int8" if args.int8 else "fp32")
+    verdict = "ACCEPTED" if r["accepted"] else "REJECTED"
+    _emit(args, r, f"{verdict}: {r['name']!r} score {r['score']:.4f} "
+                   f"(threshold {r['threshold']:.4f})")
+    return EXIT_OK
+
+
+def _identify(args: argparse.Namespace) -> int:
+    r = api.identify(args.home, args.image, bundle=args.bundle,
+                     variant="int8" if args.int8 else "fp32")
+    who = repr(r["name"]) if r["known"] else f"unknown (closest {r['best']!r})"
+    _emit(args, r, f"{who}: score {r['score']:.4f} (threshold {r['threshold']:.4f})")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    r = api.status(args.home)
+    t = r["traffic"]
+    pend = r["pending_upload"]
+    text = "\n".join([
+        f"home:        {r['home']}",
+        "registered:  " + (f"{r['server']} as device {r['device_id']}" if r["registered"]
+                            else "no"),
+        f"identities:  {r['identities']} ({r['images']} images)",
+        f"rounds:      {r['rounds_trained']} trained"
+        + (f", personalized from model v{r['personalized_from_version']}"
+           if r["personalized_from_version"] is not None else ""),
+        f"pending:     {'round ' + str(pend['round_id']) if pend else 'nothing'}",
+        f"traffic:     {t['sent']} bytes sent, {t['received']} received",
+        f"last bundle: {r['last_bundle'] or '-'}"])
+    _emit(args, r, text)
+    return EXIT_OK
+
+
 def _fail(args: argparse.Namespace, code: int, exc: BaseException, message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
@@ -181,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except NoRoundError as e:
+        return _fail(args, EXIT_NO_ROUND, e, str(e))
     except ServerUnavailable as e:
         return _fail(args, EXIT_UNREACHABLE, e, str(e))
     except ServerError as e:

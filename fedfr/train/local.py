@@ -180,6 +180,14 @@ def _class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
     return F.normalize(sums, dim=1)
 
 
+def _fill_rows(rows: np.ndarray, fallback: torch.Tensor) -> torch.Tensor:
+    """``rows`` (L, D) as a tensor on ``fallback``'s device, with every row that holds a NaN
+    replaced by ``fallback``'s row (a new identity starts like in round 0)."""
+    w = torch.from_numpy(np.array(rows, np.float32)).to(fallback.device)
+    fresh = ~torch.isfinite(w).all(1)
+    return torch.where(fresh[:, None], fallback, w)
+
+
 def mine_hard_negatives(local_feats: torch.Tensor, candidate_feats: torch.Tensor,
                         threshold: float, max_count: int | None = None) -> torch.Tensor:
     """Indices of candidates whose cosine to any local feature exceeds ``threshold``.
@@ -313,9 +321,10 @@ class LocalTrainer:
         # Trainable parts.
         D = self.model.embedding_size
         self.backbone = build_model_backbone(self.model, device=dev).train()
-        init = _class_means(z_local[:, 0], y_local, L)
-        if self.private is not None:
-            init = torch.from_numpy(np.array(self.private.identity_weights, np.float32)).to(dev)
+        means = _class_means(z_local[:, 0], y_local, L)
+        init = means
+        if self.private is not None:  # NaN rows: identities new since the last round
+            init = _fill_rows(self.private.identity_weights, means)
         self.identity_weights = nn.Parameter(init.clone())
         params = [*self.backbone.parameters(), self.identity_weights]
         self.public_weights: torch.Tensor
@@ -334,15 +343,15 @@ class LocalTrainer:
         if cfg.dfc_weight > 0:
             cls_init = init
             if self.private is not None and self.private.binary_weights is not None:
-                cls_init = torch.from_numpy(np.asarray(self.private.binary_weights, np.float32))
+                cls_init = _fill_rows(self.private.binary_weights, means)
             self.dfc = DFCHead(D, L, classifiers=cls_init).to(dev)
             with torch.no_grad():
                 if self.private is not None and self.private.converter is not None:
                     self.dfc.converter.weight.copy_(torch.from_numpy(
                         np.asarray(self.private.converter, np.float32)))
                 if self.private is not None and self.private.binary_bias is not None:
-                    self.dfc.bias.copy_(torch.from_numpy(
-                        np.asarray(self.private.binary_bias, np.float32)))
+                    self.dfc.bias.copy_(torch.from_numpy(np.nan_to_num(
+                        np.asarray(self.private.binary_bias, np.float32), nan=0.0)))
             params += list(self.dfc.parameters())
         self.anchors = None
         if cfg.prox_mu > 0:
@@ -489,6 +498,8 @@ def local_round(model: GlobalModel, images: np.ndarray, labels: np.ndarray, cfg:
         cfg: hyperparameters (the method's flags included).
         round_index: the global round number (sets the adaptive epochs).
         private: the state this device kept from its previous round (``None`` at first).
+            Rows of NaN in its identity weights, binary classifiers and biases are
+            identities enrolled since then: they start as in round 0 (class means, bias 0).
         pack: the public pack (needed when ``cfg.public == "images"``).
 
     Returns:

@@ -7,7 +7,8 @@ server aggregates at all, and what the personalized recognizer is. One code path
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 from fedfr.errors import lookup
 from fedfr.train.local import LocalConfig
@@ -73,3 +74,70 @@ def get_method(name: str) -> MethodSpec:
         UnknownNameError: listing the methods.
     """
     return lookup(METHODS, name, "method")
+
+
+#: LocalConfig fields a round's config may set: the scalars, except ``device`` and ``seed``
+#: (each device's own) and ``public``/``prox_mu`` (set by the method and ``prox_mu``).
+ROUND_SETTABLE = tuple(f.name for f in fields(LocalConfig)
+                       if f.name not in ("device", "seed", "margin", "dfc", "public", "prox_mu"))
+ROUND_CONFIG_KEYS = ("method", "local", "prox_mu")
+
+
+def round_config(config: Mapping, *, base: LocalConfig | None = None) -> LocalConfig:
+    """The local step's configuration of a federated round from the round's JSON ``config``.
+
+    ``config`` (what ``aggregator admin start-round --config`` sends to every device)::
+
+        {"method": "fedfr",                  # a federated method of METHODS (default fedfr)
+         "local": {"lr": 0.01, "batch_size": 32, ...},   # LocalConfig fields (ROUND_SETTABLE)
+         "prox_mu": 0.01}                    # FedProx's weight (fedprox only)
+
+    Every device of the round derives the same :class:`LocalConfig` from it, so the simulator
+    (:mod:`fedfr.sim`) and the device SDK train with the same objective.
+
+    Raises:
+        ValueError: an unknown key, a non-federated or unknown method, a value of the wrong
+            type or out of range (the message names it).
+    """
+    from fedfr.errors import UnknownNameError
+
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a round config must be a JSON object, got {type(config).__name__}")
+    extra = sorted(set(config) - set(ROUND_CONFIG_KEYS))
+    if extra:
+        raise ValueError(f"unknown round config key(s) {extra}; allowed: {list(ROUND_CONFIG_KEYS)}")
+    name = config.get("method", "fedfr")
+    try:
+        method = get_method(name) if isinstance(name, str) else None
+    except UnknownNameError as e:
+        raise ValueError(str(e)) from None
+    if method is None or not method.trains or not method.federated:
+        raise ValueError(f"round config 'method' must be a federated method "
+                         f"({[m for m, s in METHODS.items() if s.federated]}), got {name!r}")
+    local = config.get("local", {})
+    if not isinstance(local, Mapping):
+        raise ValueError("round config 'local' must be an object of LocalConfig fields")
+    base = base or LocalConfig()
+    changes: dict = {}
+    types = {f.name: f.type for f in fields(LocalConfig)}
+    for k, v in local.items():
+        if k not in ROUND_SETTABLE:
+            raise ValueError(f"round config 'local.{k}' is not settable; allowed: "
+                             f"{list(ROUND_SETTABLE)}")
+        want = str(types[k])
+        ok = (isinstance(v, bool) if want == "bool" else
+              (isinstance(v, int) and not isinstance(v, bool)) if want == "int" else
+              (v is None or (isinstance(v, int) and not isinstance(v, bool)))
+              if want == "int | None" else
+              (isinstance(v, int | float) and not isinstance(v, bool)) if want == "float" else
+              isinstance(v, str))
+        if not ok:
+            raise ValueError(f"round config 'local.{k}' must be {want}, got {v!r}")
+        changes[k] = float(v) if want == "float" else v
+    prox = config.get("prox_mu", 0.01)
+    if isinstance(prox, bool) or not isinstance(prox, int | float) or not prox >= 0:
+        raise ValueError(f"round config 'prox_mu' must be a number >= 0, got {prox!r}")
+    try:
+        return method.local_config(base.with_(**changes), prox_mu=float(prox))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid round config: {e}") from None
