@@ -343,6 +343,14 @@ def create_app(settings: Settings) -> FastAPI:
     def list_models() -> list[dict]:
         return service.list_models()
 
+    @app.get("/v1/admin/models/{version}", tags=["admin"], dependencies=[Admin])
+    def admin_get_model(version: Id, request: Request) -> Response:
+        """A model version's checkpoint, for operators (evaluation, shipping the generic
+        model); the same bytes devices download."""
+        row = service.model_row(version)
+        return blob_response(service, request, row.blob_sha, row.size,
+                             f"model-v{version}.safetensors")
+
     @app.post("/v1/admin/rounds", status_code=201, tags=["admin"], dependencies=[Admin])
     def start_round(body: RoundBody) -> dict:
         return service.start_round(**body.model_dump())

@@ -131,6 +131,10 @@ def _admin(args: argparse.Namespace, c) -> int:
     elif a == "models":
         ms = c.models()
         _print(args, ms, "\n".join(_model_line(m) for m in ms) or "no model version")
+    elif a == "download-model":
+        out = c.download_model(args.version, args.out)
+        _print(args, {"version": args.version, "path": str(out)},
+               f"model v{args.version} written to {out}")
     elif a == "enrollment-token":
         t = c.enrollment_token(label=args.label, max_uses=args.max_uses,
                                expires_in=args.expires_in)
@@ -202,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--public-pack", type=Path, help="public pack (fedfr public-pack --out)")
     x.add_argument("--parent", type=int, help="parent model version")
     asub.add_parser("models", help="list model versions")
+    x = asub.add_parser("download-model", help="download a model version's checkpoint")
+    x.add_argument("version", type=int)
+    x.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
     x = asub.add_parser("enrollment-token", help="create a device enrollment token")
     x.add_argument("--label", default="")
     x.add_argument("--max-uses", type=int, default=1)

@@ -63,6 +63,39 @@ class AdminClient:
     def models(self) -> list[dict]:
         return self._call("GET", "/v1/admin/models")
 
+    def download_model(self, version: int, out: str | Path) -> Path:
+        """Write model ``version``'s checkpoint to ``out`` (atomically, sha256-checked)."""
+        import hashlib
+
+        from fedfr.io import atomic_path
+
+        out = Path(out)
+        try:
+            with self._http.stream("GET", f"/v1/admin/models/{int(version)}") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    try:
+                        body = r.json()
+                    except ValueError:
+                        body = {"detail": r.text[:500]}
+                    raise ServerError(r.status_code, body if isinstance(body, dict)
+                                      else {"detail": body})
+                etag = r.headers.get("etag", "").strip('"')
+                h = hashlib.sha256()
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        h.update(chunk)
+                        f.write(chunk)
+                    f.close()
+                    if etag and h.hexdigest() != etag:
+                        raise ServerError(502, {"reason": "download_corrupt", "detail":
+                                                f"model v{version}: sha256 {h.hexdigest()} "
+                                                f"!= ETag {etag}"})
+        except httpx.TransportError as e:
+            raise Unreachable(f"cannot reach {self.server}: {e}") from None
+        return out
+
     def enrollment_token(self, *, label: str = "", max_uses: int = 1,
                          expires_in: float | None = None) -> dict:
         body = {"label": label, "max_uses": max_uses}

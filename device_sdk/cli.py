@@ -115,15 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "model (and public pack), train on the enrolled identities, upload the "
                        "shared tensors. Waits as the server's Retry-After says between "
                        "check-ins.")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--rounds", type=int, default=1, metavar="N",
+    # not an argparse mutually exclusive group: it misses "--rounds 1 --forever" (1 is the
+    # default object), so _train checks the pair itself
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
                    help="rounds to complete (default 1)")
-    g.add_argument("--forever", action="store_true", help="keep taking part until stopped")
+    p.add_argument("--forever", action="store_true", help="keep taking part until stopped")
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="give up (exit 5) after this long without a round (default: wait)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda...")
     _common(p, top=False)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, parser=p)
 
     p = sub.add_parser("export", help="export the personalized recognizer as a bundle",
                        description="Write the personalized recognizer (ONNX), the enrolled "
@@ -215,8 +216,11 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if not args.forever and args.rounds < 1:
-        raise api.DeviceSDKError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.forever and args.rounds is not None:
+        args.parser.error("argument --forever: not allowed with argument --rounds")  # exit 2
+    if args.rounds is not None and args.rounds < 1:
+        args.parser.error(f"argument --rounds: must be >= 1, got {args.rounds}")
+    rounds = None if args.forever else (args.rounds or 1)
     quiet = args.json
 
     def on_event(kind: str, d: dict) -> None:
@@ -236,7 +240,7 @@ def _train(args: argparse.Namespace) -> int:
             print(f"round {d['round_id']}: sending the update an earlier run did not finish",
                   file=sys.stderr)
 
-    r = api.train(args.home, rounds=None if args.forever else args.rounds, wait=args.wait,
+    r = api.train(args.home, rounds=rounds, wait=args.wait,
                   device=args.device, progress=not args.json and sys.stderr.isatty(),
                   on_event=on_event)
     lines = []

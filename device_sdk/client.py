@@ -296,6 +296,8 @@ class DeviceClient:
                 return None, None
         try:
             task = r.json()
+            if not isinstance(task, dict):
+                raise TypeError(f"a JSON {type(task).__name__}, not an object")
             missing = [k for k in ("round_id", "model_version", "model", "upload_url")
                        if k not in task]
             missing += [f"model.{k}" for k in ("url", "sha256", "size")

@@ -177,8 +177,11 @@ def _fetch(home: DeviceHome, dc: client.DeviceClient, spec: dict, what: str,
     if not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         raise ServerError(200, "invalid_response", f"the task's {what} sha256 is {sha!r}")
     dest = cached_model_path(home, sha)
-    if dest.exists() and dest.stat().st_size == size:
-        return dest
+    if dest.exists():  # reused only while it is still exactly what the server announced
+        if dest.stat().st_size == size and _sha256_file(dest) == sha:
+            return dest
+        logger.warning("%s: the cached file is damaged; downloading it again", dest)
+        dest.unlink()
     bar = None
     if progress:
         import sys
@@ -197,6 +200,14 @@ def _fetch(home: DeviceHome, dc: client.DeviceClient, spec: dict, what: str,
     finally:
         if bar is not None:
             bar.close()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _prune_cache(home: DeviceHome, keep: set[str]) -> None:
@@ -251,6 +262,8 @@ def _upload_pending(home: DeviceHome, dc: client.DeviceClient, p: _Pending,
     try:
         receipt = dc.upload(p.upload_url, body)
     except ServerError as e:
+        if e.status >= 500 or e.status == 429:  # the server's trouble: send it again later
+            raise
         if e.status in (403, 404, 409) and e.reason in ("round_closed", "unknown_round",
                                                          "not_assigned", "already_received"):
             emit("upload_refused", {"round_id": p.round_id, "reason": e.reason,

@@ -487,7 +487,7 @@ def test_registration_sends_no_identity_name_or_image(faces, tmp_path, capsys):
 # ------------------------------------------------------------------------- CLI usage
 def test_usage_errors_exit_2_and_version(capsys):
     assert main([]) == 2
-    for argv in (["train"], ["enroll", "alice"], ["register", "--server", "http://x"],
+    for argv in (["no-such-command"], ["enroll", "alice"], ["register", "--server", "http://x"],
                  ["identities", "--bogus"]):
         with pytest.raises(SystemExit) as ei:
             main(argv)

@@ -136,8 +136,27 @@ class LocalConfig:
             raise ValueError(f"public must be None or one of {PUBLIC_KINDS}, got {self.public!r}")
         if self.batch_size < 2 or not self.lr > 0 or self.epochs_min < 1:
             raise ValueError(f"need batch_size >= 2, lr > 0, epochs_min >= 1: {self}")
-        if min(self.dfc_weight, self.contrastive_mu, self.prox_mu) < 0:
-            raise ValueError("loss weights must be >= 0")
+        weights = (self.dfc_weight, self.contrastive_mu, self.prox_mu)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"loss weights (dfc_weight, contrastive_mu, prox_mu) must be "
+                             f"finite and >= 0, got {weights}")
+        if not (self.momentum >= 0 and self.weight_decay >= 0 and math.isfinite(self.lr)):
+            raise ValueError(f"need a finite lr, momentum >= 0 and weight_decay >= 0; got "
+                             f"lr={self.lr}, momentum={self.momentum}, "
+                             f"weight_decay={self.weight_decay}")
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got "
+                             f"{self.contrastive_temperature}")
+        if not -1.0 <= self.hard_negative_threshold <= 1.0:
+            raise ValueError(f"hard_negative_threshold is a cosine in [-1, 1], got "
+                             f"{self.hard_negative_threshold}")
+        if self.max_hard_negatives is not None and self.max_hard_negatives < 0:
+            raise ValueError(f"max_hard_negatives must be None or >= 0, got "
+                             f"{self.max_hard_negatives}")
+        if self.epochs_start < 1 or self.epochs_step < 0 or not self.lr_decay_factor > 0:
+            raise ValueError(f"need epochs_start >= 1, epochs_step >= 0, lr_decay_factor > 0; "
+                             f"got {self.epochs_start}, {self.epochs_step}, "
+                             f"{self.lr_decay_factor}")
         if self.public_rows not in ("all", "mined"):
             raise ValueError(f"public_rows must be 'all' or 'mined', got {self.public_rows!r}")
         if not 0.0 <= self.lr_decay_at <= 1.0:
