@@ -61,8 +61,9 @@ class DemoError(RuntimeError):
 class AggregatorProcess:
     """``aggregator serve`` in a subprocess, stopped on exit."""
 
-    def __init__(self, data_dir: Path, *, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, *, port: int = 0, env: dict | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = dict(env or {})
         self.port = port or _free_port()
         self.token = "fat_demo_" + secrets.token_urlsafe(24)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -75,7 +76,8 @@ class AggregatorProcess:
         self.log_path = self.data_dir.parent / "server.log"
         self._log = open(self.log_path, "ab")  # closed in __exit__
         env = {**os.environ, "FEDFR_ADMIN_TOKEN": self.token,
-               "FEDFR_CHECKIN_RETRY_AFTER": "1", "FEDFR_SWEEP_INTERVAL": "0.5"}
+               "FEDFR_CHECKIN_RETRY_AFTER": "1", "FEDFR_SWEEP_INTERVAL": "0.5",
+               **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aggregator", "serve", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],

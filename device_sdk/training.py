@@ -27,10 +27,12 @@ local backbone) stays in ``HOME/private/``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,8 +239,6 @@ def _pending(home: DeviceHome) -> _Pending | None:
 
 def _finish_pending(home: DeviceHome, keep_private: bool) -> None:
     """The pending update is done with: promote (or drop) the pending private state."""
-    import os
-
     with home.write():
         pend = home.path / PENDING_PRIVATE_FILE
         if keep_private and pend.exists():
@@ -410,6 +410,34 @@ def train(home: DeviceHome, *, rounds: int | None = 1, wait: float | None = None
         if on_event is not None:
             on_event(kind, data)
 
+    (n_images,) = home.db.execute("SELECT COUNT(*) FROM images").fetchone()
+    if n_images < 2:  # before checking in: a task would hold a place in the round for nothing
+        raise DeviceSDKError("nothing to train on: enroll at least one identity with two "
+                             "images or more (device_sdk enroll NAME IMAGE...)")
+    with _train_lock(home):
+        return _train(home, creds, rounds=rounds, wait=wait, device=device,
+                      progress=progress, retry=retry, http=http, sleep=sleep, emit=emit)
+
+
+@contextlib.contextmanager
+def _train_lock(home: DeviceHome) -> Iterator[None]:
+    """One ``train`` per home at a time (an OS lock: released when the process dies)."""
+    import fcntl
+
+    fd = os.open(home.path / "train.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DeviceSDKError(f"another device_sdk train is running on {home.path}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _train(home: DeviceHome, creds, *, rounds: int | None, wait: float | None, device: str,
+           progress: bool, retry: client.Retry | None, http, sleep: Callable[[float], None],
+           emit: Event) -> dict:
     done: list[dict] = []
     accepted = 0
     dc = client.DeviceClient(creds.server_url, creds.device_token, retry=retry, http=http)

@@ -103,6 +103,23 @@ def test_publish_model_and_models(srv, artifacts, published):
     assert ms[1]["public_pack"] == v["public_pack"]
 
 
+def test_download_model(srv, published, tmp_path):
+    out = tmp_path / "sub" / "v1.safetensors"
+    r = ok(admin(srv, "download-model", "1", "--out", str(out)))
+    assert r == {"version": 1, "path": str(out)}
+    # the version's bytes (the server stamps its version into the checkpoint's metadata)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == published["sha256"]
+    from fedfr.fl import GlobalModel
+
+    assert GlobalModel.load(out).arch == "mbf_tiny"
+    # the endpoint is admin-only: a device token or none is refused
+    assert httpx.get(srv.url + "/v1/admin/models/1").status_code == 401
+    refused(admin(srv, "download-model", "999", "--out", str(tmp_path / "x")), 1, "999")
+    assert not (tmp_path / "x").exists()
+    p = admin(srv, "download-model", "1")  # --out is required
+    assert p.returncode == 2
+
+
 def test_enrollment_token(srv, published):
     t = ok(admin(srv, "enrollment-token", "--max-uses", "2", "--label", "lab", "--expires-in",
                  "600"))

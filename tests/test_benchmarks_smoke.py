@@ -95,3 +95,16 @@ def test_export_latency_benchmark_runs(tmp_path):
         assert 0 <= a["tar@0.001"] <= a["tar@0.01"] <= 1 and a["output_norm_min"] > 0
         assert a["cosine_to_fp32_mean"] > 0.5 and "delta_points@0.001" in a
     assert acc["models"]["fp32"]["output_norm_max"] < 1.0001  # the contract: L2-normalized
+
+
+def test_device_round_benchmark_runs(tmp_path):
+    out = tmp_path / "d.json"
+    assert _load("device_round").main(["--quick", "--workdir", str(tmp_path),
+                                       "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert len(r["per_round"]) == 2 and r["local_images"] == 6
+    for phases in (r["first_round"], r["median_later_rounds"]):
+        assert set(phases) == {"download_s", "mining_s", "prepare_s", "train_s", "upload_s"}
+        assert all(v > 0 for v in phases.values())
+        assert phases["mining_s"] <= phases["prepare_s"]
+    assert r["train_images_per_second"] > 0 and r["update_bytes"] > 0

@@ -471,6 +471,44 @@ def test_failed_upload_is_resent_by_the_next_train(shared, tmp_path, no_open_rou
     assert final["status"] == "completed" and final["stats"]["devices"] == 1
 
 
+def test_train_killed_during_training_trains_again_next_run(own_server, tmp_path):
+    """SIGKILL a ``device_sdk train`` process while it trains: nothing is stored, a second
+    ``train`` on the same home is refused while the first one runs, and the next run gets
+    the same task again and completes the round."""
+    import os
+    import signal
+    import time
+
+    srv = own_server["server"]
+    home, _ = make_device(tmp_path, srv, own_server["token"], "kill", identities=2, per=3)
+    rd = start_round(srv, target=1, config=CONFIG, deadline_seconds=300)
+    proc = subprocess.Popen([sys.executable, "-m", "device_sdk", "--home", str(home), "train",
+                             "--device", "cpu"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        t0 = time.time()
+        while "training model" not in line and time.time() - t0 < 120:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "train exited before training"
+        # frozen right as its local step starts (the line is printed just before it)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert "training model" in line
+        assert not pending_files(home)
+        with pytest.raises(api.DeviceSDKError, match="another device_sdk train"):
+            train(home)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    st = api.status(home)
+    assert st["pending_upload"] is None and not pending_files(home)
+    assert st["rounds_trained"] == 0 and get_round(srv, rd["id"])["num_received"] == 0
+    # the device is still assigned: the next run gets the same task and completes the round
+    (r,) = train(home)["rounds"]
+    assert r["accepted"] and r["round_id"] == rd["id"]
+    assert api.status(home)["rounds_trained"] == 1
+    assert wait_round(srv, rd["id"])["status"] == "completed"
+
+
 def test_lost_upload_receipt_is_answered_as_a_duplicate(shared, tmp_path, no_open_round):
     srv = shared["server"]
     (hx, _), (hy, _) = (make_device(tmp_path, srv, shared["token"], t, identities=2, per=3,
