@@ -327,6 +327,11 @@ def _train_round(home: DeviceHome, dc: client.DeviceClient, task: dict, *, devic
         remap = {int(old): new for new, old in enumerate(present)}
         labels = np.asarray([remap[int(x)] for x in labels], np.int64)
         idents = keep
+    if pack is not None and pack.kind == "images" and pack.images.shape[1:3] != images.shape[1:3]:
+        raise RoundConfigError(f"round {rid}: the public pack's images are "
+                               f"{pack.images.shape[1]}x{pack.images.shape[2]}, this device's "
+                               f"aligned crops {images.shape[1]}x{images.shape[2]}; the pack "
+                               f"must hold aligned crops of the input contract's size")
     stable = [int(d["label"]) for d in idents]
     private, _ = load_private(home, stable)
     creds = home.credentials()

@@ -390,6 +390,20 @@ def test_round_with_an_invalid_config(shared, tmp_path, config, capsys, no_open_
     assert get_round(srv, rd["id"])["num_received"] == 0
 
 
+def test_public_pack_of_another_image_size_is_a_clear_error(tmp_path, assets):
+    srv = Server(tmp_path / "data", env=dict(SERVER_ENV)).start()
+    try:
+        publish(srv, assets["ckpt"], make_pack(tmp_path / "pack64.safetensors", size=64))
+        home, _ = make_device(tmp_path, srv, enrollment_token(srv), "p64", identities=2, per=2)
+        rd = start_round(srv, target=1, config=CONFIG, deadline_seconds=300)
+        with pytest.raises(RoundConfigError, match=r"64x64.*112x112"):
+            train(home)
+        assert not pending_files(home) and api.status(home)["rounds_trained"] == 0
+        assert get_round(srv, rd["id"])["num_received"] == 0
+    finally:
+        srv.stop()
+
+
 def test_train_before_register_and_without_a_round(shared, tmp_path, capsys, no_open_round):
     with pytest.raises(NotRegisteredError):
         train(tmp_path / "fresh")
