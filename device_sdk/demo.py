@@ -10,10 +10,12 @@
 2. start the aggregator (``aggregator serve``: SQLite + files in ``DIR/server``) on a free
    loopback port, publish the model with its public pack, create an enrollment token and
    start ``R`` rounds (``repeat``) of ``N`` devices with the profile's local configuration;
-3. run ``N`` devices, each a chain of ``device_sdk`` commands in its own OS process talking
-   HTTP to the server: ``register``, ``enroll`` every registered identity of the synthetic
-   device (its train images, as files), ``train --rounds R``, ``export``, then ``verify`` a
-   held-out image of one of its identities and ``identify`` a stranger's image;
+3. run ``N`` devices, each a chain of ``device_sdk`` commands, every one its own OS process
+   talking HTTP to the server: ``register`` (the devices one after the other, so that device
+   ids — and the seeds derived from them — follow the synthetic devices' order), then, all
+   devices at once, ``enroll`` every registered identity of the synthetic device (its train
+   images, as files), ``train --rounds R``, ``export``, then ``verify`` a held-out image of one
+   of its identities and ``identify`` a stranger's image;
 4. evaluate, with the same metrics as the research harness: the generic model before (v1)
    and after federated learning (the last version, downloaded with the admin API), and each
    device's recognizer before (the generic model) and after (its exported bundle, run by
@@ -121,15 +123,17 @@ def _sdk(home: Path, *args: str, env: dict, timeout: float) -> dict:
 
 
 def run_device(home: Path, split, *, server: str, token: str, rounds: int, bundle: Path,
-               threads: int, device: str, timeout: float, far: float = 1e-2) -> dict:
+               threads: int, device: str, timeout: float, far: float = 1e-2,
+               register: bool = True) -> dict:
     """A device's life, command by command (each a separate ``device_sdk`` process). The
     bundle's threshold is calibrated at ``far`` (the table's personalized operating point:
     a device holds a handful of identities, FAR 1e-2 is its usual setting)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FEDFR_DEVICE_HOME": str(home)}
     out: dict = {"home": str(home)}
     t0 = time.perf_counter()
-    out["register"] = _sdk(home, "register", "--server", server, "--enrollment-token", token,
-                           env=env, timeout=120)
+    if register:
+        out["register"] = _sdk(home, "register", "--server", server, "--enrollment-token",
+                               token, env=env, timeout=120)
     files = split.train.files
     labels = np.asarray(split.train.labels)
     for k in np.unique(labels):
@@ -236,19 +240,29 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
         results: dict[str, dict] = {}
         errors: list[BaseException] = []
 
+        # Registered one after the other, so that device ids (which seed each device's local
+        # step) follow the synthetic devices' order and a rerun trains the same way.
+        registered = {}
+        for split in splits:
+            home = workdir / "devices" / split.name
+            registered[split.name] = _sdk(
+                home, "register", "--server", srv.url, "--enrollment-token", enroll_token,
+                env={**os.environ, "FEDFR_DEVICE_HOME": str(home)}, timeout=120)
+
         def life(split) -> None:
             try:
                 results[split.name] = run_device(
                     workdir / "devices" / split.name, split, server=srv.url,
                     token=enroll_token, rounds=rounds,
                     bundle=workdir / "bundles" / split.name, threads=threads,
-                    device=device, timeout=timeout)
+                    device=device, timeout=timeout, register=False)
+                results[split.name]["register"] = registered[split.name]
             except BaseException as e:  # reported after the join
                 errors.append(e)
 
         t1 = time.perf_counter()
-        say(f"{n} device processes: register, enroll, train {rounds} round(s), export, "
-            f"verify")
+        say(f"{n} devices, each a chain of device_sdk processes: register, enroll, train "
+            f"{rounds} round(s), export, verify")
         workers = [threading.Thread(target=life, args=(s,), daemon=True) for s in splits]
         for w in workers:
             w.start()
