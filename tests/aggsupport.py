@@ -152,6 +152,13 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60,
                             headers={"Authorization": f"Bearer {self.admin_token}"})
 
+    def models(self) -> list[dict]:
+        """``GET /v1/admin/models``: every version, oldest first."""
+        with self.admin() as c:
+            r = c.get("/v1/admin/models")
+            assert r.status_code == 200, r.text
+            return r.json()
+
 
 def publish(server: Server, ckpt: Path, pack: Path | None = None) -> dict:
     with server.admin() as c:

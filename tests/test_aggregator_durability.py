@@ -215,13 +215,6 @@ def prepare(devs: list[FakeDevice], base: GlobalModel
     return tasks, upds, [d.encode(t, u) for d, t, u in zip(devs, tasks, upds, strict=True)]
 
 
-def models(srv: Server) -> list[dict]:
-    with srv.admin() as c:
-        r = c.get("/v1/admin/models")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-
 def metric(srv: Server, name: str) -> float:
     text_ = httpx.get(srv.url + "/metrics", timeout=30).text
     for line in text_.splitlines():
@@ -313,7 +306,7 @@ def test_sigkill_mid_round_keeps_acknowledged_updates_and_the_round_finishes(env
     assert done["status"] == "completed", done
     assert done["num_received"] == 4 and done["stats"]["devices"] == 4
     assert done["stats"]["samples"] == sum(u.num_samples for u in upds)
-    vs = models(srv)
+    vs = srv.models()
     assert [v["version"] for v in vs] == [1, done["result_version"]]
     assert vs[1]["parent_version"] == 1 and vs[1]["round_id"] == rid
     assert_published_aggregate(devs[0], done["result_version"], base,
@@ -406,7 +399,7 @@ def test_sigkill_at_random_moments_of_concurrent_uploads(env, tiny_ckpt):
     done = wait_round(srv, rid)
     assert done["status"] == "completed", (why, done)
     assert done["num_received"] == n and done["stats"]["devices"] == n
-    assert [v["version"] for v in models(srv)] == [1, done["result_version"]]
+    assert [v["version"] for v in srv.models()] == [1, done["result_version"]]
     assert_published_aggregate(devs[0], done["result_version"], base,
                                [(d.device_id, u) for d, u in zip(devs, upds, strict=True)])
     check_store(st)
@@ -471,7 +464,7 @@ def test_sigkill_during_aggregation_publishes_exactly_one_version(env, big_ckpt)
     done = wait_round(srv, rid, timeout=120)
     assert done["status"] == "completed", (why, done)
     assert done["stats"]["devices"] == n and done["num_received"] == n
-    vs = models(srv)
+    vs = srv.models()
     assert [v["version"] for v in vs] == [1, done["result_version"]], (why, vs)
     assert vs[1]["parent_version"] == 1 and vs[1]["round_id"] == rid
     assert_published_aggregate(devs[0], done["result_version"], base,
@@ -529,7 +522,7 @@ def test_several_workers_assign_and_aggregate_exactly_once(env, tiny_ckpt):
     assert set(st.received(rid)) == {devs[i].device_id for i in accepted}
     assert_metric_settles(srv, 'fedfr_rounds_finished_total{status="completed"}', 1)
     assert metric(srv, "fedfr_updates_accepted_total") == 5
-    assert [v["version"] for v in models(srv)] == [1, done["result_version"]]
+    assert [v["version"] for v in srv.models()] == [1, done["result_version"]]
     assert_published_aggregate(devs[0], done["result_version"], base,
                                [(devs[i].device_id, upds[i]) for i in accepted])
     check_store(st)
@@ -584,7 +577,7 @@ def test_two_server_processes_on_one_database_and_data_dir(env, tiny_ckpt):
         assert metric(srv, "fedfr_model_versions_published_total") == 2
     assert get_round(b, rid) == get_round(a, rid)
     assert done["num_received"] == 4 and done["stats"]["devices"] == 4
-    assert [v["version"] for v in models(b)] == [1, done["result_version"]]
+    assert [v["version"] for v in b.models()] == [1, done["result_version"]]
     assert_published_aggregate(devs[0], done["result_version"], base,
                                [(devs[i].device_id, upds[i]) for i in accepted])
     check_store(st)

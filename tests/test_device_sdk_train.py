@@ -104,13 +104,6 @@ def labels_of(home: Path) -> list[int]:
         return [int(r[0]) for r in h.db.execute("SELECT label FROM identities ORDER BY label")]
 
 
-def admin_models(server: Server) -> list[dict]:
-    with server.admin() as c:
-        r = c.get("/v1/admin/models")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-
 def blob_path(server: Server, sha: str) -> Path:
     from aggregator.blobs import FileBlobStore
     from aggregator.settings import Settings
@@ -222,7 +215,7 @@ def test_round_with_two_devices_then_export_verify_identify(fleet, shared, tmp_p
     assert final["result_version"] == rd["base_version"] + 1
     assert final["num_received"] == 2 and final["stats"]["devices"] == 2
     assert final["stats"]["samples"] == 2 * 12
-    assert [m["version"] for m in admin_models(shared["server"])][-1] == final["result_version"]
+    assert [m["version"] for m in shared["server"].models()][-1] == final["result_version"]
 
     for res, st, (home, _) in zip(fleet["results"], fleet["status"], fleet["devices"],
                                        strict=True):
@@ -556,7 +549,7 @@ def test_lost_upload_receipt_is_answered_as_a_duplicate(shared, tmp_path, no_ope
 def test_partial_download_is_resumed_with_range(shared, tmp_path, no_open_round):
     srv = shared["server"]
     home, _ = make_device(tmp_path, srv, shared["token"], "part", identities=2, per=2)
-    cur = admin_models(srv)[-1]
+    cur = srv.models()[-1]
     model = blob_path(srv, cur["sha256"]).read_bytes()
     half = len(model) // 2
     part = home / "models" / f"{cur['sha256']}.bin.part"
