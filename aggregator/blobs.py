@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from fedfr.io import sha256_file
+
 CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -60,14 +62,6 @@ def check_sha(sha256: str) -> str:
     if not _SHA.match(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
     return sha256
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FileBlobStore:

@@ -707,16 +707,9 @@ def run_aggregation(args: argparse.Namespace, model, work: Path) -> dict:
 
 # ------------------------------------------------------------------------------ report
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "numpy": np.__version__, "cpu": model,
+    from fedfr.machine import cpu_model
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "cpu": cpu_model(),
             "cpus": os.cpu_count(), "platform": platform.platform(),
             "loadavg_1m_at_start": os.getloadavg()[0]}
 

@@ -56,16 +56,6 @@ def _model(path: Path, arch: str, public_classes: int, seed: int) -> Path:
     return path
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -74,6 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     from device_sdk.demo import AggregatorProcess
     from fedfr.data.images import encode_png
     from fedfr.fl.wire import save_public_pack
+    from fedfr.machine import cpu_model
 
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(dir=args.workdir) as td:
@@ -116,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     ips = statistics.median(r["metrics"]["images_per_second"] for r in later)
     return {
         "benchmark": "device_round",
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": args.device},
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},

@@ -69,7 +69,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -492,15 +491,11 @@ def machine() -> dict:
     import onnxruntime
     import torch
 
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True,
-                                   check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
+    from fedfr.machine import cpu_model
+
     return {"python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "onnxruntime_web": _ort_web_version(),
-            "cpu": model, "nproc": os.cpu_count(), "platform": platform.platform(),
+            "cpu": cpu_model(), "nproc": os.cpu_count(), "platform": platform.platform(),
             "loadavg_at_start": list(os.getloadavg())}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -124,9 +123,7 @@ def _prepare(paths: Sequence[Path], detector: MTCNNDetector | None,
         try:
             crop, method = load_face(p, detector=detector)
         except (DataFormatError, FaceError) as e:
-            # PIL names the in-memory buffer it read from; the message names the file already
-            problems.append((str(p), re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "",
-                                            str(e))))
+            problems.append((str(p), str(e)))
         except DetectorUnavailable as e:
             raise DetectorUnavailable(f"{p}: {e}") from None
         else:
@@ -331,13 +328,17 @@ def _bundle_path(h: DeviceHome, bundle: str | os.PathLike[str] | None) -> Path:
     return Path(last)
 
 
-def _face(image: str | os.PathLike[str], detector: MTCNNDetector | None) -> np.ndarray:
-    try:
-        crop, _ = load_face(image, detector=detector)
-    except DataFormatError as e:
-        raise DataFormatError(re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "",
-                                     str(e))) from None
-    return crop
+def _bundle_and_face(home: Home, image: str | os.PathLike[str],
+                     bundle: str | os.PathLike[str] | None, variant: str,
+                     detector: MTCNNDetector | None):
+    """``(Bundle, path, crop)`` for verify/identify: the bundle (default: the last export)
+    and the aligned face of ``image``."""
+    from export.bundle import Bundle
+
+    with open_home(home) as h:
+        path = _bundle_path(h, bundle)
+    crop, _ = load_face(image, detector=detector)
+    return Bundle.load(path, variant=variant), path, crop
 
 
 def verify(home: Home, image: str | os.PathLike[str], name: str, *,
@@ -351,12 +352,7 @@ def verify(home: Home, image: str | os.PathLike[str], name: str, *,
         UnknownIdentityError: ``name`` is not in the bundle.
         BundleError: the bundle is missing, altered or unusable.
     """
-    from export.bundle import Bundle
-
-    with open_home(home) as h:
-        path = _bundle_path(h, bundle)
-    crop = _face(image, detector)
-    b = Bundle.load(path, variant=variant)
+    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector)
     key = unicodedata.normalize("NFC", name) if isinstance(name, str) else name
     try:
         r = b.verify(crop, key)
@@ -370,12 +366,9 @@ def identify(home: Home, image: str | os.PathLike[str], *,
              detector: MTCNNDetector | None = None) -> dict:
     """Who is the face in ``image``? ``{"name" (or "unknown"), "best", "score", "threshold",
     "image", "bundle"}`` from the bundle (default: the last export)."""
-    from export.bundle import UNKNOWN, Bundle
+    from export.bundle import UNKNOWN
 
-    with open_home(home) as h:
-        path = _bundle_path(h, bundle)
-    crop = _face(image, detector)
-    b = Bundle.load(path, variant=variant)
+    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector)
     try:
         r = b.identify(crop)
     except KeyError as e:
@@ -388,8 +381,7 @@ def status(home: Home) -> dict:
     upload, traffic so far, last bundle (never the token)."""
     with open_home(home) as h:
         creds = h.credentials()
-        private = h.path / training.PRIVATE_FILE
-        meta = training._private_meta(private) if private.exists() else {}
+        meta, rounds = training.private_summary(h)
         models = [{"version": v, "sha256": sha} for v, sha in h.db.execute(
             "SELECT version, sha256 FROM models ORDER BY version")]
         return {
@@ -401,17 +393,9 @@ def status(home: Home) -> dict:
             "images": int(h.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]),
             "models": models,
             "personalized_from_version": int(meta["model_version"]) if meta else None,
-            "rounds_trained": _rounds(private),
+            "rounds_trained": rounds,
             "pending_upload": h.get_state("pending_upload"),
             "traffic": h.get_state("traffic", {"sent": 0, "received": 0}),
             "last_bundle": h.get_state("last_bundle"),
         }
 
-
-def _rounds(private: Path) -> int:
-    if not private.exists():
-        return 0
-    from safetensors import safe_open
-
-    with safe_open(str(private), framework="numpy") as f:
-        return int(f.get_tensor("local.rounds")) if "local.rounds" in f.keys() else 0  # noqa: SIM118

@@ -202,8 +202,8 @@ def register(server: str, enrollment_token: str, info: Mapping[str, str] | None 
         def count(resp: httpx.Response) -> None:
             if traffic is not None:
                 traffic["sent"] = traffic.get("sent", 0) + _request_bytes(resp.request)
-                traffic["received"] = traffic.get("received", 0) + len(resp.content) + sum(
-                    len(k) + len(v) + 4 for k, v in resp.headers.raw) + 2
+                traffic["received"] = (traffic.get("received", 0) + len(resp.content)
+                                       + _response_head_bytes(resp))
 
         r = request(client, "POST", url, json=body, retry=retry, hooks=count)
     finally:
@@ -224,6 +224,11 @@ def register(server: str, enrollment_token: str, info: Mapping[str, str] | None 
 # ------------------------------------------------------------------------- with a device token
 class DownloadError(ServerError):
     """A download whose bytes do not match the announced sha256 or size (after a retry)."""
+
+
+def _response_head_bytes(r: httpx.Response) -> int:
+    """Bytes of a response's headers on the wire (HTTP/1.1, status line not counted)."""
+    return sum(len(k) + len(v) + 4 for k, v in r.headers.raw) + 2
 
 
 def _request_bytes(req: httpx.Request) -> int:
@@ -274,7 +279,7 @@ class DeviceClient:
 
     def _count(self, r: httpx.Response) -> None:
         self.bytes_sent += _request_bytes(r.request)
-        self.bytes_received += sum(len(k) + len(v) + 4 for k, v in r.headers.raw) + 2
+        self.bytes_received += _response_head_bytes(r)
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {**kw.pop("headers", {}), **self._auth}
@@ -319,9 +324,9 @@ class DeviceClient:
         ``size`` bytes and the sha256 ``sha256``; a mismatch discards it and downloads once
         more from scratch, then raises :class:`DownloadError` (nothing is kept).
         """
-        import hashlib
         import os
 
+        from fedfr.io import sha256_file
 
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
@@ -332,19 +337,15 @@ class DeviceClient:
                 have = 0
             if have < size:
                 self._fetch_into(path, part, have, sha256, size, progress)
-            h = hashlib.sha256()
-            with open(part, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            got_size = part.stat().st_size
-            if got_size == size and h.hexdigest() == sha256:
+            got_size, got_sha = part.stat().st_size, sha256_file(part)
+            if got_size == size and got_sha == sha256:
                 with open(part, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(part, dest)
                 return dest
             part.unlink(missing_ok=True)
             logger.warning("%s: got %d bytes with sha256 %s, expected %d bytes with %s%s",
-                           path, got_size, h.hexdigest()[:12], size, sha256[:12],
+                           path, got_size, got_sha[:12], size, sha256[:12],
                            "; downloading again" if attempt == 0 else "")
         raise DownloadError(200, "download_corrupt",
                             f"{path}: the downloaded bytes do not match the announced sha256 "

@@ -41,6 +41,7 @@ import numpy as np
 from device_sdk import client
 from device_sdk.errors import DeviceSDKError, NotRegisteredError, ServerError
 from device_sdk.home import DeviceHome, utc_now
+from fedfr.io import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,16 @@ def enrolled_images(home: DeviceHome) -> tuple[np.ndarray, np.ndarray, list[dict
 
 # ------------------------------------------------------------------------- private state
 def _read_private(path: Path):
-    from safetensors.numpy import load_file
+    """``(PrivateState, stable labels of its rows, metadata)`` from one read of the file."""
+    from safetensors import safe_open
 
     from fedfr.train.local_state import PrivateState
 
-    arrays = load_file(str(path))
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata() or {})
+        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     labels = arrays.pop(LABELS_KEY)
-    return PrivateState.from_arrays(arrays), labels.astype(np.int64)
+    return PrivateState.from_arrays(arrays), labels.astype(np.int64), meta
 
 
 def _private_bytes(private, labels: np.ndarray, meta: dict[str, str]) -> bytes:
@@ -109,10 +113,23 @@ def _private_bytes(private, labels: np.ndarray, meta: dict[str, str]) -> bytes:
 
 
 def _private_meta(path: Path) -> dict[str, str]:
+    """The private state file's metadata (the model and round it was trained from)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
         return dict(f.metadata() or {})
+
+
+def private_summary(home: DeviceHome) -> tuple[dict[str, str], int]:
+    """``(metadata, rounds trained)`` of the current private state; ``({}, 0)`` before any."""
+    from safetensors import safe_open
+
+    path = home.path / PRIVATE_FILE
+    if not path.exists():
+        return {}, 0
+    with safe_open(str(path), framework="numpy") as f:
+        has = "local.rounds" in f.keys()  # noqa: SIM118
+        return dict(f.metadata() or {}), int(f.get_tensor("local.rounds")) if has else 0
 
 
 def load_private(home: DeviceHome, labels: list[int]):
@@ -127,8 +144,7 @@ def load_private(home: DeviceHome, labels: list[int]):
     path = home.path / PRIVATE_FILE
     if not path.exists():
         return None, {}
-    private, stored = _read_private(path)
-    meta = _private_meta(path)
+    private, stored, meta = _read_private(path)
     pos = {int(lab): k for k, lab in enumerate(stored)}
 
     def align(rows):
@@ -154,7 +170,7 @@ def scrub_private(home: DeviceHome, tx, label: int) -> None:
         path = home.path / rel
         if not path.exists():
             continue
-        private, stored = _read_private(path)
+        private, stored, meta = _read_private(path)
         keep = stored != label
         if keep.all():
             continue
@@ -165,7 +181,7 @@ def scrub_private(home: DeviceHome, tx, label: int) -> None:
         private = replace(private, identity_weights=sel(private.identity_weights),
                           binary_weights=sel(private.binary_weights),
                           binary_bias=sel(private.binary_bias))
-        tx.write_file(path, _private_bytes(private, stored[keep], _private_meta(path)))
+        tx.write_file(path, _private_bytes(private, stored[keep], meta))
 
 
 # ------------------------------------------------------------------------- model cache
@@ -180,7 +196,7 @@ def _fetch(home: DeviceHome, dc: client.DeviceClient, spec: dict, what: str,
         raise ServerError(200, "invalid_response", f"the task's {what} sha256 is {sha!r}")
     dest = cached_model_path(home, sha)
     if dest.exists():  # reused only while it is still exactly what the server announced
-        if dest.stat().st_size == size and _sha256_file(dest) == sha:
+        if dest.stat().st_size == size and sha256_file(dest) == sha:
             return dest
         logger.warning("%s: the cached file is damaged; downloading it again", dest)
         dest.unlink()
@@ -202,14 +218,6 @@ def _fetch(home: DeviceHome, dc: client.DeviceClient, spec: dict, what: str,
     finally:
         if bar is not None:
             bar.close()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _prune_cache(home: DeviceHome, keep: set[str]) -> None:
@@ -321,12 +329,6 @@ def _train_round(home: DeviceHome, dc: client.DeviceClient, task: dict, *, devic
     if len(idents) == 0 or len(images) < 2:
         raise DeviceSDKError("nothing to train on: enroll at least one identity with two "
                              "images or more (device_sdk enroll NAME IMAGE...)")
-    present = np.unique(labels)
-    if len(present) != len(idents):  # an identity without images cannot be a class
-        keep = [d for k, d in enumerate(idents) if k in set(present.tolist())]
-        remap = {int(old): new for new, old in enumerate(present)}
-        labels = np.asarray([remap[int(x)] for x in labels], np.int64)
-        idents = keep
     if pack is not None and pack.kind == "images" and pack.images.shape[1:3] != images.shape[1:3]:
         raise RoundConfigError(f"round {rid}: the public pack's images are "
                                f"{pack.images.shape[1]}x{pack.images.shape[2]}, this device's "
@@ -475,6 +477,5 @@ def _train(home: DeviceHome, creds, *, rounds: int | None, wait: float | None, d
             waited_since = time.monotonic()
     finally:
         add_traffic(home, dc.bytes_sent, dc.bytes_received)
-        home.set_state("last_train", {"at": utc_now(), "rounds": len(done)})
         dc.close()
     return {"rounds": done, "bytes_sent": dc.bytes_sent, "bytes_received": dc.bytes_received}

@@ -20,7 +20,6 @@ manifest says; anything else is a :class:`BundleError` that says what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import numpy as np
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata
 from export.preprocess import CROP, load_crop, normalize, to_crop
 from fedfr.errors import FedFRError
-from fedfr.io import replace_dir
+from fedfr.io import replace_dir, sha256_file
 
 BUNDLE_FORMAT = "fedfr-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -49,14 +48,6 @@ UNKNOWN = "unknown"
 
 class BundleError(FedFRError, ValueError):
     """A bundle that is incomplete, tampered with, or of another format version."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -154,7 +145,7 @@ def write_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
             "identities": [{"name": n, "template": [float(v) for v in np.asarray(t)],
                             "num_images": int(num_images.get(n, 0))}
                            for n, t in sorted(templates.items())]}))
-        files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size}
+        files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
                  for p in sorted(stage.iterdir())}
         manifest = {
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
@@ -346,7 +337,7 @@ def check_manifest(manifest: dict, root: Path, where: str) -> None:
         p = root / name
         if not p.is_file():
             raise BundleError(f"{where}: missing file {name}")
-        if p.stat().st_size != info.get("size") or _sha256(p) != info.get("sha256"):
+        if p.stat().st_size != info.get("size") or sha256_file(p) != info.get("sha256"):
             raise BundleError(f"{where}: {name} does not match its sha256 in {MANIFEST} "
                               f"(tampered or corrupt)")
 

@@ -64,6 +64,17 @@ def replace_dir(staged: str | os.PathLike[str], target: str | os.PathLike[str]) 
         os.replace(staged, target)
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:

@@ -96,7 +96,7 @@ def sha256_file(path: Path) -> str:
 
 def stored_private(home: Path) -> tuple[object, np.ndarray]:
     """The device's private state file as ``(PrivateState, stable labels of its rows)``."""
-    return training._read_private(home / training.PRIVATE_FILE)
+    return training._read_private(home / training.PRIVATE_FILE)[:2]
 
 
 def labels_of(home: Path) -> list[int]:

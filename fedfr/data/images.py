@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,7 +69,9 @@ def decode_image(data: bytes, *, source: str) -> np.ndarray:
     except DataFormatError:
         raise
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
-        raise DataFormatError(f"{source}: cannot decode image: {exc}") from exc
+        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): ``source`` says it
+        why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise DataFormatError(f"{source}: cannot decode image: {why}") from exc
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataFormatError(f"{source}: decoded to an unexpected shape {arr.shape}")
     return np.ascontiguousarray(arr)
