@@ -653,8 +653,8 @@ class Service:
         arrays, public = agg.result()
         model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
         seconds = time.perf_counter() - t0
-        # a mean whose weighted sum overflowed is dropped: JSON (and PostgreSQL) has no inf
         self._renew_lease(round_id, claim)  # the publishing transaction gets a full lease
+        # a mean whose weighted sum overflowed is dropped: JSON (and PostgreSQL) has no inf
         stats = {**(r.stats or {}), "devices": agg.count, "samples": agg.num_samples,
                  "metrics": {k: v for k, v in agg.metrics.items() if math.isfinite(v)},
                  "aggregation_seconds": seconds}
