@@ -62,6 +62,7 @@ class RecognizerGraph(nn.Module):
 
     def __init__(self, backbone: nn.Module, backbone_size: tuple[int, int],
                  converter: np.ndarray | torch.Tensor | None = None, *,
+                 converter_bias: np.ndarray | torch.Tensor | None = None,
                  uint8_input: bool = False, contract: InputContract = ARCFACE_CONTRACT) -> None:
         super().__init__()
         self.backbone = backbone
@@ -79,6 +80,12 @@ class RecognizerGraph(nn.Module):
             self.register_buffer("converter_t", c.T.contiguous())  # f @ W.T == Linear(W)
         else:
             self.converter_t = None
+        b = None
+        if converter is not None and converter_bias is not None:
+            b = torch.as_tensor(np.asarray(converter_bias, np.float32))
+            if b.shape != (c.shape[0],):
+                raise ValueError(f"converter bias must be ({c.shape[0]},), got {tuple(b.shape)}")
+        self.register_buffer("converter_b", b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uint8_input:
@@ -88,6 +95,8 @@ class RecognizerGraph(nn.Module):
         f = self.backbone(x).float()
         if self.converter_t is not None:
             f = torch.matmul(f, self.converter_t)
+            if self.converter_b is not None:
+                f = f + self.converter_b
         # f / ||f|| by broadcasting (F.normalize exports an Expand OpenCV's DNN rejects)
         return f * torch.rsqrt(torch.clamp((f * f).sum(dim=1, keepdim=True), min=1e-24))
 
@@ -219,7 +228,8 @@ def export_personalized(model, private, out: str | os.PathLike[str], *,
         raise ValueError("no personalized recognizer before the first local round")
     contract = InputContract.from_dict(model.contract)
     net = build_model_backbone(model, private.local_backbone).eval()
-    graph = RecognizerGraph(net, contract.size, private.converter, uint8_input=uint8_input,
+    graph = RecognizerGraph(net, contract.size, private.converter,
+                            converter_bias=private.converter_bias, uint8_input=uint8_input,
                             contract=contract)
     return export_onnx(graph, out, arch=model.arch, embedding_size=model.embedding_size,
                        backbone_contract=contract, model_version=model.version,

@@ -445,8 +445,11 @@ def test_local_round_trains_backbone_with_finite_loss(model, round0):
     assert math.isfinite(result.update.metrics["loss"])
 
 
-def test_contrastive_term_off_in_round0_and_on_with_previous_state(round0, round1):
-    assert "contrastive" not in round0[0].metrics
+def test_contrastive_term_in_round0_and_with_previous_state(model, data, pack, cfg, round0,
+                                                            round1):
+    assert math.isfinite(round0[0].metrics["contrastive"])  # random round-0 negative
+    off = local_round(model, *data, cfg.with_(round0_negative="none", epochs_start=1), pack=pack)
+    assert "contrastive" not in off.metrics
     assert "contrastive" in round1.metrics
     assert math.isfinite(round1.metrics["contrastive"])
     assert round1.metrics["epochs"] == 1

@@ -11,6 +11,7 @@ name                           what                                        kind
 ``public_embeddings.index``    (K,) int64 their row numbers in the matrix  shared
 ``local.identity_weights``     (L, D) the device's identity weights        private
 ``dfc.converter``              (D, D) the DFC converter                    private
+``dfc.converter_bias``         (D,) its bias (optional)                    private
 ``dfc.binary_weights``         (L, D) DFC per-identity binary classifiers  private
 ``prev_local.<key>``           the previous round's local backbone         private
 =============================  ==========================================  =========

@@ -90,14 +90,21 @@ class DFCHead(nn.Module):
         embedding_size: D.
         num_classes: K, the device's local identities.
         classifiers: optional (K, D) initial classifier rows (e.g. class-mean features).
+        converter_bias: give the converter a bias (zero at start), as the reference code's
+            ``nn.Linear`` has. Off by default: the converter starts as the identity, and a
+            shared offset added to every embedding moves every cosine the bundle compares
+            (templates and probes alike); the binary classifiers keep their own biases.
     """
 
     def __init__(self, embedding_size: int, num_classes: int,
-                 classifiers: torch.Tensor | None = None) -> None:
+                 classifiers: torch.Tensor | None = None, *,
+                 converter_bias: bool = False) -> None:
         super().__init__()
-        self.converter = nn.Linear(embedding_size, embedding_size, bias=False)
+        self.converter = nn.Linear(embedding_size, embedding_size, bias=converter_bias)
         with torch.no_grad():
             self.converter.weight.copy_(torch.eye(embedding_size))
+            if converter_bias:
+                self.converter.bias.zero_()
         init = (torch.empty(num_classes, embedding_size).normal_(0, 0.01)
                 if classifiers is None else classifiers.detach().clone().float())
         if tuple(init.shape) != (num_classes, embedding_size):

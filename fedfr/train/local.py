@@ -20,9 +20,22 @@ its private state from the previous round, it
    new :class:`PrivateState` (identity weights, converter and binary classifiers, the trained
    backbone = next round's "previous local model" and this device's personalized backbone).
 
-Round 0 (no previous local model): the contrastive term is **omitted**. MOON's alternative —
-using the global model as the negative too — makes the term exactly log 2 with zero gradient,
-so skipping it is the same objective without the cost.
+Round 0 (no previous local model): with ``round0_negative="random"`` (the default, as the
+FedFR reference code does) the contrastive negatives are the features of a **randomly
+initialised** backbone (seeded by the device's seed), so the term pulls toward the global
+features from the first, longest round; ``"none"`` omits the term in round 0 (MOON's other
+choice — the global model as its own negative — would be exactly log 2 with zero gradient).
+
+BatchNorm (``bn_policy``): ``"train"`` updates the running statistics with every local batch,
+so they drift to the device's camera domain and FedAvg averages the drifted statistics;
+``"frozen"`` keeps every BatchNorm layer in eval mode during the local step — the global
+model's running statistics normalize the batches and are returned unchanged (the affine
+parameters still train). The reference backbone (SphereFace-64) has no BatchNorm at all, so
+neither is "the paper's"; the protocol in :mod:`fedfr.sim` chooses per method.
+
+FedAvg weight (``sample_weight``): the sample count a device reports is its local images
+(``"local"``) or local images plus the public hard negatives it trained on
+(``"local+negatives"``, the reference code's count).
 
 New identity weights (and DFC classifiers) start at the normalized class means of the global
 model's features of the identity's images (a good start for a cosine head, no random
@@ -73,8 +86,26 @@ __all__ = [
     "mine_hard_negatives",
     "personalized_embedder",
     "personalized_recognizer",
+    "random_backbone",
+    "set_train_mode",
 ]
 
+
+
+BN_POLICIES = ("train", "frozen")
+ROUND0_NEGATIVES = ("random", "none")
+SAMPLE_WEIGHTS = ("local", "local+negatives")
+
+
+def set_train_mode(net: nn.Module, bn_policy: str) -> nn.Module:
+    """``net`` in training mode, its BatchNorm layers in eval mode when ``bn_policy`` is
+    ``"frozen"`` (running statistics used, not updated; affine parameters still train)."""
+    net.train()
+    if bn_policy == "frozen":
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return net
 
 
 @dataclass(frozen=True)
@@ -101,7 +132,15 @@ class LocalConfig:
         epochs_start, epochs_step, epochs_min: adaptive local epochs,
             ``max(epochs_min, epochs_start - epochs_step * round)``.
         lr_decay_at, lr_decay_factor: the lr is multiplied by ``lr_decay_factor`` once
-            ``lr_decay_at`` of the round's steps are done (the paper's decay near the end).
+            ``lr_decay_at`` of the round's steps are done (the reference decays at 3/4).
+        bn_policy: ``"train"`` (running statistics follow the local batches) or
+            ``"frozen"`` (BatchNorm in eval mode during the local step; module doc).
+        round0_negative: the contrastive negative in round 0: ``"random"`` (a randomly
+            initialised backbone, the reference) or ``"none"`` (no term in round 0).
+        sample_weight: the FedAvg weight a device reports: ``"local"`` images, or
+            ``"local+negatives"`` (plus the public hard negatives, the reference).
+        converter_bias: the DFC converter has a bias (the reference's ``nn.Linear``); off
+            by default (see :mod:`fedfr.heads.dfc`).
         flip: random horizontal flips (features of both flips are cached).
         device, amp: where to train; bf16 autocast and channels_last on CUDA.
         seed: batch order, flips and new classifier rows.
@@ -124,8 +163,12 @@ class LocalConfig:
     epochs_start: int = 10
     epochs_step: int = 2
     epochs_min: int = 4
-    lr_decay_at: float = 0.8
+    lr_decay_at: float = 0.75
     lr_decay_factor: float = 0.1
+    bn_policy: str = "train"
+    round0_negative: str = "random"
+    sample_weight: str = "local"
+    converter_bias: bool = False
     flip: bool = True
     device: str = "auto"
     amp: bool = True
@@ -161,6 +204,10 @@ class LocalConfig:
             raise ValueError(f"public_rows must be 'all' or 'mined', got {self.public_rows!r}")
         if not 0.0 <= self.lr_decay_at <= 1.0:
             raise ValueError(f"lr_decay_at must be in [0, 1], got {self.lr_decay_at}")
+        for name, allowed in (("bn_policy", BN_POLICIES), ("round0_negative", ROUND0_NEGATIVES),
+                              ("sample_weight", SAMPLE_WEIGHTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def epochs_for_round(self, round_index: int) -> int:
         """Adaptive local epochs: 10, 8, 6, 4, 4, ... with the defaults."""
@@ -228,6 +275,18 @@ def mine_hard_negatives(local_feats: torch.Tensor, candidate_feats: torch.Tensor
     if max_count is not None and len(sel) > max_count:
         sel = sel[torch.topk(best[sel], max_count).indices]
     return torch.sort(sel).values
+
+
+def random_backbone(model: GlobalModel, *, seed: int, device: torch.device) -> nn.Module:
+    """A randomly initialised backbone of ``model``'s arch (eval mode), seeded by ``seed``
+    without touching the global RNG: round 0's contrastive negative (module doc)."""
+    from fedfr.backbones import build_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed ^ 0x5EED)
+        net = build_backbone(model.arch, embedding_size=model.embedding_size,
+                             input_size=InputContract.from_dict(model.contract).size)
+    return net.to(device, memory_format=memory_format(device)).eval()
 
 
 # --------------------------------------------------------------------------- the step
@@ -330,8 +389,12 @@ class LocalTrainer:
         t2 = time.perf_counter()
         self.z_prev = None
         have_prev = self.private is not None and self.private.local_backbone is not None
+        prev = None
         if cfg.contrastive_mu > 0 and have_prev:
             prev = build_model_backbone(self.model, self.private.local_backbone, device=dev)
+        elif cfg.contrastive_mu > 0 and cfg.round0_negative == "random":
+            prev = random_backbone(self.model, seed=cfg.seed, device=dev)
+        if prev is not None:
             self.z_prev = _features(prev, x_host, self.contract, flips=flips,
                                     batch_size=fb, amp=cfg.amp)
             del prev
@@ -339,7 +402,8 @@ class LocalTrainer:
 
         # Trainable parts.
         D = self.model.embedding_size
-        self.backbone = build_model_backbone(self.model, device=dev).train()
+        self.backbone = set_train_mode(build_model_backbone(self.model, device=dev),
+                                       cfg.bn_policy)
         means = _class_means(z_local[:, 0], y_local, L)
         init = means
         if self.private is not None:  # NaN rows: identities new since the last round
@@ -363,11 +427,16 @@ class LocalTrainer:
             cls_init = init
             if self.private is not None and self.private.binary_weights is not None:
                 cls_init = _fill_rows(self.private.binary_weights, means)
-            self.dfc = DFCHead(D, L, classifiers=cls_init).to(dev)
+            self.dfc = DFCHead(D, L, classifiers=cls_init,
+                               converter_bias=cfg.converter_bias).to(dev)
             with torch.no_grad():
                 if self.private is not None and self.private.converter is not None:
                     self.dfc.converter.weight.copy_(torch.from_numpy(
                         np.asarray(self.private.converter, np.float32)))
+                if (cfg.converter_bias and self.private is not None
+                        and self.private.converter_bias is not None):
+                    self.dfc.converter.bias.copy_(torch.from_numpy(
+                        np.asarray(self.private.converter_bias, np.float32)))
                 if self.private is not None and self.private.binary_bias is not None:
                     self.dfc.bias.copy_(torch.from_numpy(np.nan_to_num(
                         np.asarray(self.private.binary_bias, np.float32), nan=0.0)))
@@ -488,13 +557,18 @@ class LocalTrainer:
         metrics["steps"] = float(steps)
         metrics["images_per_second"] = seen / train_s if train_s > 0 else 0.0
         metrics.update(self.timings)
-        update = SharedUpdate(arrays, num_samples=len(self._labels),
+        num_samples = len(self._labels)
+        if cfg.sample_weight == "local+negatives" and cfg.public == "images":
+            num_samples += self.num_hard_negatives
+        update = SharedUpdate(arrays, num_samples=num_samples,
                               metrics={k: metrics[k] for k in ("loss", "train_accuracy")
                                        if k in metrics})
         private = PrivateState(
             identity_weights=self.identity_weights.detach().cpu().numpy().copy(),
             converter=(None if self.dfc is None
                        else self.dfc.converter.weight.detach().cpu().numpy().copy()),
+            converter_bias=(None if self.dfc is None or self.dfc.converter.bias is None
+                            else self.dfc.converter.bias.detach().cpu().numpy().copy()),
             binary_weights=(None if self.dfc is None
                             else self.dfc.classifiers.detach().cpu().numpy().copy()),
             binary_bias=(None if self.dfc is None

@@ -86,6 +86,7 @@ class PrivateState:
     Attributes:
         identity_weights: (L, D) float32 local identity weights of the CosFace head.
         converter: (D, D) float32 DFC converter, or ``None`` (method without DFC).
+        converter_bias: (D,) float32 the converter's bias, or ``None`` (no bias).
         binary_weights: (L, D) float32 DFC binary classifiers, or ``None``.
         binary_bias: (L,) float32 their biases, or ``None``.
         local_backbone: the backbone after the last local training: the personalized
@@ -95,6 +96,7 @@ class PrivateState:
 
     identity_weights: np.ndarray
     converter: np.ndarray | None = None
+    converter_bias: np.ndarray | None = None
     binary_weights: np.ndarray | None = None
     binary_bias: np.ndarray | None = None
     local_backbone: dict[str, np.ndarray] | None = None
@@ -106,6 +108,8 @@ class PrivateState:
                "local.rounds": np.asarray(self.rounds, np.int64)}
         if self.converter is not None:
             out["dfc.converter"] = self.converter
+        if self.converter_bias is not None:
+            out["dfc.converter_bias"] = self.converter_bias
         if self.binary_weights is not None:
             out["dfc.binary_weights"] = self.binary_weights
         if self.binary_bias is not None:
@@ -120,6 +124,7 @@ class PrivateState:
         local = {k[n:]: v for k, v in arrays.items() if k.startswith("prev_local.")}
         return cls(identity_weights=arrays["local.identity_weights"],
                    converter=arrays.get("dfc.converter"),
+                   converter_bias=arrays.get("dfc.converter_bias"),
                    binary_weights=arrays.get("dfc.binary_weights"),
                    binary_bias=arrays.get("dfc.binary_bias"),
                    local_backbone=local or None,

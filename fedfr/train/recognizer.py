@@ -42,15 +42,18 @@ class PersonalizedRecognizer(nn.Module):
     :func:`~fedfr.train.embedding.embed_images` normalizes).
     """
 
-    def __init__(self, backbone: nn.Module, converter: torch.Tensor | None = None) -> None:
+    def __init__(self, backbone: nn.Module, converter: torch.Tensor | None = None,
+                 converter_bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.converter = None
         if converter is not None:
             d = converter.shape[0]
-            self.converter = nn.Linear(d, d, bias=False)
+            self.converter = nn.Linear(d, d, bias=converter_bias is not None)
             with torch.no_grad():
                 self.converter.weight.copy_(converter)
+                if converter_bias is not None:
+                    self.converter.bias.copy_(converter_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x).float()
@@ -58,8 +61,10 @@ class PersonalizedRecognizer(nn.Module):
 
 
 def personalized_recognizer(model: GlobalModel, private: PrivateState,
-                            device: torch.device | str = "cpu") -> PersonalizedRecognizer:
-    """The device's personalized recognizer (eval mode) from its private state.
+                            device: torch.device | str = "cpu", *,
+                            converter: bool = True) -> PersonalizedRecognizer:
+    """The device's personalized recognizer (eval mode) from its private state;
+    ``converter=False``: its local backbone alone (the paired test of DFC).
 
     Raises:
         ValueError: the private state has no trained backbone yet.
@@ -67,18 +72,22 @@ def personalized_recognizer(model: GlobalModel, private: PrivateState,
     if private.local_backbone is None:
         raise ValueError("no personalized recognizer before the first local round")
     net = build_model_backbone(model, private.local_backbone, device=device)
-    conv = None if private.converter is None else torch.from_numpy(
-        np.asarray(private.converter, np.float32))
-    return PersonalizedRecognizer(net, conv).to(device).eval()
+    conv = bias = None
+    if converter and private.converter is not None:
+        conv = torch.from_numpy(np.asarray(private.converter, np.float32))
+        if private.converter_bias is not None:
+            bias = torch.from_numpy(np.asarray(private.converter_bias, np.float32))
+    return PersonalizedRecognizer(net, conv, bias).to(device).eval()
 
 
 def personalized_embedder(model: GlobalModel, private: PrivateState, *,
-                          device: torch.device | str = "cpu", batch_size: int = 256):
+                          device: torch.device | str = "cpu", batch_size: int = 256,
+                          converter: bool = True):
     """An embedding function (uint8 crops -> (N, D) normalized) of the personalized
-    recognizer; see :mod:`fedfr.evaluation`."""
+    recognizer (``converter=False``: without its converter); see :mod:`fedfr.evaluation`."""
     from fedfr.evaluation import backbone_embedder
 
-    rec = personalized_recognizer(model, private, device=device)
+    rec = personalized_recognizer(model, private, device=device, converter=converter)
     return backbone_embedder(rec, InputContract.from_dict(model.contract), device=device,
                              batch_size=batch_size)
 
