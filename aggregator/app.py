@@ -66,6 +66,11 @@ class RoundBody(BaseModel):
     row_weighting: str = Field(default="uniform", pattern="^(uniform|samples)$")
     repeat: int = Field(default=1, ge=1, le=100_000,
                         description="rounds to run back to back (each from the last result)")
+    max_regression: float | None = Field(
+        default=None, ge=0, le=1e6, allow_inf_nan=False,
+        description="publication policy: refuse the new version when its validation metric is "
+                    "worse than the base's by more than this; null: always publish; absent: "
+                    "the server's FEDFR_PUBLISH_MAX_REGRESSION")
 
 
 # ------------------------------------------------------------------------- helpers
@@ -308,14 +313,22 @@ def create_app(settings: Settings) -> FastAPI:
                                 description="sha256 of a pack uploaded to "
                                             "/v1/admin/public-packs")] = None,
                             parent_version: Annotated[int | None, Query(
-                                ge=0, le=MAX_ID)] = None) -> JSONResponse:
-        """Publish a checkpoint (the request body: a fedfr safetensors checkpoint)."""
+                                ge=0, le=MAX_ID)] = None,
+                            validation_set: Annotated[str | None, Query(
+                                pattern="^[0-9a-f]{64}$",
+                                description="sha256 of a set uploaded to "
+                                            "/v1/admin/validation-sets")] = None
+                            ) -> JSONResponse:
+        """Publish a checkpoint (the request body: a fedfr safetensors checkpoint); with a
+        validation set (given or the parent's) it is evaluated first, the metrics are in the
+        answer."""
         staged = service.blobs.staging()
         try:
             await _stage(request, staged, 1 << 34)
             out = await run_in_threadpool(service.publish_model, staged,
                                           public_pack_sha=public_pack,
-                                          parent_version=parent_version)
+                                          parent_version=parent_version,
+                                          validation_set_sha=validation_set)
         finally:
             staged.unlink(missing_ok=True)
         return JSONResponse(out, status_code=201)
@@ -339,6 +352,19 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"sha256": sha, "size": size, "kind": kind,
                              "images": 0 if images is None else len(images)}, status_code=201)
 
+    @app.post("/v1/admin/validation-sets", status_code=201, tags=["admin"],
+              dependencies=[Admin])
+    async def upload_validation_set(request: Request) -> JSONResponse:
+        """Store a validation set (body: ``fedfr public-pack --validation-out``'s file) to
+        attach to a model version; it is never served to devices."""
+        staged = service.blobs.staging()
+        try:
+            sha, _ = await _stage(request, staged, 1 << 36)
+            out = await run_in_threadpool(service.store_validation_set, staged, sha)
+        finally:
+            staged.unlink(missing_ok=True)
+        return JSONResponse(out, status_code=201)
+
     @app.get("/v1/admin/models", tags=["admin"], dependencies=[Admin])
     def list_models() -> list[dict]:
         return service.list_models()
@@ -346,14 +372,21 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/v1/admin/models/{version}", tags=["admin"], dependencies=[Admin])
     def admin_get_model(version: Id, request: Request) -> Response:
         """A model version's checkpoint, for operators (evaluation, shipping the generic
-        model); the same bytes devices download."""
+        model); the same bytes devices download. With ``Accept: application/json``: the
+        version's description instead (status, validation metrics, as in the list)."""
+        accept = request.headers.get("accept", "")
+        if "application/json" in accept and "application/octet-stream" not in accept:
+            return JSONResponse(service.model_info(version))
         row = service.model_row(version)
         return blob_response(service, request, row.blob_sha, row.size,
                              f"model-v{version}.safetensors")
 
     @app.post("/v1/admin/rounds", status_code=201, tags=["admin"], dependencies=[Admin])
     def start_round(body: RoundBody) -> dict:
-        return service.start_round(**body.model_dump())
+        kw = body.model_dump()
+        if "max_regression" not in body.model_fields_set:
+            del kw["max_regression"]  # the server's default
+        return service.start_round(**kw)
 
     @app.get("/v1/admin/rounds", tags=["admin"], dependencies=[Admin])
     def list_rounds(status: str | None = None) -> list[dict]:

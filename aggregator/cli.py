@@ -91,6 +91,9 @@ def _print(args: argparse.Namespace, obj: object, text: str | None = None) -> No
 
 def _round_line(r: dict) -> str:
     res = f" -> v{r['result_version']}" if r.get("result_version") else ""
+    cand = ((r.get("stats") or {}).get("publication") or {}).get("candidate_version")
+    if r.get("status") == "rejected" and cand:
+        res = f" -> v{cand} rejected"
     reason = f" ({r['reason']})" if r.get("reason") else ""
     return (f"round {r['id']:>4}  {r['status']:<11} base v{r['base_version']}{res}  "
             f"received {r['num_received']}/{r['target']} (min {r['min_devices']}, "
@@ -99,11 +102,46 @@ def _round_line(r: dict) -> str:
 
 def _model_line(m: dict) -> str:
     cur = "  (current)" if m.get("current") else ""
+    rejected = "  REJECTED" if m.get("status") == "rejected" else ""
     parent = f" parent v{m['parent_version']}" if m.get("parent_version") else ""
     rnd = f" round {m['round_id']}" if m.get("round_id") else ""
     pack = " +public pack" if m.get("public_pack") else ""
-    return (f"v{m['version']:<4} {m['arch']:<12} {m['size'] / 1e6:7.2f} MB{parent}{rnd}{pack}"
-            f"  {m['sha256'][:12]}{cur}")
+    return (f"v{m['version']:<4} {m['arch']:<12} {m['size'] / 1e6:7.2f} MB  "
+            f"{_val_cell(m.get('validation'))}{parent}{rnd}{pack}  {m['sha256'][:12]}"
+            f"{cur}{rejected}")
+
+
+def _val_cell(v: dict | None) -> str:
+    """The compact validation column: TAR@FAR=1e-2 and EER, or why there is none."""
+    if not v:
+        return "val —".ljust(25)
+    if "error" in v:
+        return "val error".ljust(25)
+    tar = (v.get("tar_at_far") or {}).get("1e-02")
+    eer = v.get("eer")
+    return (f"val TAR@1e-2 {'—' if tar is None else f'{tar:.3f}'} "
+            f"EER {'—' if eer is None else f'{eer:.3f}'}").ljust(25)
+
+
+def _validation_text(m: dict) -> str:
+    v = m.get("validation")
+    if not v:
+        return "validation: none (no validation set)"
+    if "error" in v:
+        return f"validation: error: {v['error']}"
+    tars = ", ".join(f"{k} {'—' if x is None else f'{x:.4f}'}"
+                     for k, x in (v.get("tar_at_far") or {}).items())
+    r1 = v.get("rank1")
+    return (f"validation ({v['num_images']} images, {v['num_identities']} identities, "
+            f"{v['num_genuine']} genuine / {v['num_impostor']} impostor pairs): TAR@FAR {tars}; "
+            f"EER {v['eer']:.4f}; rank-1 {'—' if r1 is None else f'{r1:.4f}'}")
+
+
+def _float_arg(flag: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        _usage_error(f"{flag} must be a number or 'none', got {raw!r}")
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -123,14 +161,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def _admin(args: argparse.Namespace, c) -> int:
     a = args.admin_cmd
     if a == "publish-model":
-        pack_sha = None
+        pack_sha = val_sha = None
         if args.public_pack:
             pack_sha = c.upload_public_pack(args.public_pack)["sha256"]
-        m = c.publish_model(args.checkpoint, public_pack=pack_sha, parent=args.parent)
-        _print(args, m, f"published {_model_line(m)}")
+        if args.validation_set:
+            val_sha = c.upload_validation_set(args.validation_set)["sha256"]
+        m = c.publish_model(args.checkpoint, public_pack=pack_sha, parent=args.parent,
+                            validation_set=val_sha)
+        _print(args, m, f"published {_model_line(m)}\n{_validation_text(m)}")
     elif a == "models":
         ms = c.models()
         _print(args, ms, "\n".join(_model_line(m) for m in ms) or "no model version")
+    elif a == "model":
+        m = c.model(args.version)
+        _print(args, m, f"{_model_line(m)}\n{_validation_text(m)}")
     elif a == "download-model":
         out = c.download_model(args.version, args.out)
         _print(args, {"version": args.version, "path": str(out)},
@@ -154,6 +198,9 @@ def _admin(args: argparse.Namespace, c) -> int:
             body["base_version"] = args.base
         if args.min is not None:
             body["min_devices"] = args.min
+        if args.max_regression is not None:
+            body["max_regression"] = (None if args.max_regression.lower() == "none"
+                                      else _float_arg("--max-regression", args.max_regression))
         r = c.start_round(body)
         _print(args, r, f"started {_round_line(r)}")
     elif a == "rounds":
@@ -205,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", type=Path, help="fedfr checkpoint (fedfr pretrain --out)")
     x.add_argument("--public-pack", type=Path, help="public pack (fedfr public-pack --out)")
     x.add_argument("--parent", type=int, help="parent model version")
-    asub.add_parser("models", help="list model versions")
+    x.add_argument("--validation-set", type=Path,
+                   help="the server's held-out validation set (fedfr public-pack "
+                        "--validation-out); default: the parent's. Every version with one is "
+                        "evaluated on it")
+    asub.add_parser("models", help="list model versions (val: TAR@FAR=1e-2, EER)")
+    x = asub.add_parser("model", help="show a model version and its validation metrics")
+    x.add_argument("version", type=int)
     x = asub.add_parser("download-model", help="download a model version's checkpoint")
     x.add_argument("version", type=int)
     x.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
@@ -222,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config", help="training config: JSON, or @FILE")
     x.add_argument("--row-weighting", choices=("uniform", "samples"), default="uniform")
     x.add_argument("--repeat", type=int, default=1, help="rounds back to back")
+    x.add_argument("--max-regression", metavar="MARGIN",
+                   help="publication policy: reject the new version if its validation metric "
+                        "drops more than MARGIN below the base's; 'none': always publish "
+                        "(default: the server's FEDFR_PUBLISH_MAX_REGRESSION)")
     x = asub.add_parser("rounds", help="list rounds")
     x.add_argument("--status")
     for name in ("round", "close", "abort"):

@@ -53,15 +53,24 @@ class AdminClient:
         with open(path, "rb") as f:
             return self._call("POST", "/v1/admin/public-packs", content=f)
 
+    def upload_validation_set(self, path: str | Path) -> dict:
+        with open(path, "rb") as f:
+            return self._call("POST", "/v1/admin/validation-sets", content=f)
+
     def publish_model(self, checkpoint: str | Path, *, public_pack: str | None = None,
-                      parent: int | None = None) -> dict:
-        params = {k: v for k, v in (("public_pack", public_pack), ("parent_version", parent))
-                  if v is not None}
+                      parent: int | None = None, validation_set: str | None = None) -> dict:
+        params = {k: v for k, v in (("public_pack", public_pack), ("parent_version", parent),
+                                    ("validation_set", validation_set)) if v is not None}
         with open(checkpoint, "rb") as f:
             return self._call("POST", "/v1/admin/models", content=f, params=params)
 
     def models(self) -> list[dict]:
         return self._call("GET", "/v1/admin/models")
+
+    def model(self, version: int) -> dict:
+        """A version's description (status, validation metrics), not its checkpoint."""
+        return self._call("GET", f"/v1/admin/models/{int(version)}",
+                          headers={"Accept": "application/json"})
 
     def download_model(self, version: int, out: str | Path) -> Path:
         """Write model ``version``'s checkpoint to ``out`` (atomically, sha256-checked)."""

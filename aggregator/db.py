@@ -77,6 +77,15 @@ class ModelVersion(Base):
     shared_spec: Mapped[dict] = mapped_column(JSON)
     description: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
+    # published (may be current) | rejected (a round's candidate the publication policy refused:
+    # kept for the operator, never current, never a round's base)
+    status: Mapped[str] = mapped_column(String(20), default="published",
+                                        server_default="published")
+    # the server's held-out validation set (a blob never sent to devices), inherited like the pack
+    validation_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    validation_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # fedfr.evaluation.validation_report of this version on that set (None: no set)
+    validation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Round(Base):
@@ -84,7 +93,7 @@ class Round(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
-    # open -> aggregating -> completed | failed; open -> aborted | failed
+    # open -> aggregating -> completed | rejected | failed; open -> aborted | failed
     status: Mapped[str] = mapped_column(String(20), index=True)
     target: Mapped[int] = mapped_column(Integer)
     min_devices: Mapped[int] = mapped_column(Integer)
@@ -105,6 +114,9 @@ class Round(Base):
     reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # publication policy: the largest validation-metric drop vs the base that still publishes
+    # (None: always publish); fixed when the round starts
+    max_regression: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Assignment(Base):

@@ -14,6 +14,13 @@ could race on is enforced by the database (see :mod:`aggregator.db`), not by pro
   version and marks the round ``completed`` *only if the claim is still ours*. A process killed
   while aggregating leaves the round ``aggregating``; once the lease runs out any worker's
   sweep takes it over. No partial version can be published.
+- **evaluation and policy**: when the base version has a validation set, the aggregated model
+  is evaluated on it (torch, imported only then) under the same claim, renewing the lease
+  between batches, *before* the publishing transaction; that one transaction then either
+  publishes the version (current) or stores it ``rejected`` and ends the round ``rejected``
+  (publication policy: the metric fell more than the round's ``max_regression`` below the
+  base's). A crash during evaluation is a crash during aggregation: nothing was written, the
+  lease expires, another worker redoes both.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,18 +47,20 @@ from sqlalchemy.orm import Session
 from aggregator import db
 from aggregator.blobs import FileBlobStore
 from aggregator.problems import Problem, bad_request, conflict, not_found
-from aggregator.settings import Settings
+from aggregator.settings import MetricSpec, Settings, check_max_regression, parse_metric
 from aggregator.validation import check_against_spec, check_norm, shared_spec
 from fedfr.errors import DataFormatError
 from fedfr.fl import GlobalModel, RoundAggregate, backbone_arrays
-from fedfr.fl.wire import decode_update, load_public_pack
+from fedfr.fl.wire import ValidationSet, decode_update, load_public_pack, load_validation_set
 
 log = logging.getLogger("aggregator")
 
 DEVICE_TOKEN_PREFIX = "fdt_"
 ENROLLMENT_TOKEN_PREFIX = "fet_"
 ADMIN_TOKEN_PREFIX = "fat_"
-ROUND_STATES = ("open", "aggregating", "completed", "failed", "aborted")
+ROUND_STATES = ("open", "aggregating", "completed", "rejected", "failed", "aborted")
+#: ``start_round(max_regression=SERVER_DEFAULT)``: the server's ``publish_max_regression``.
+SERVER_DEFAULT = ...
 #: Largest training config a round may carry (it goes to every device in every check-in).
 MAX_CONFIG_BYTES = 64 * 1024
 #: Largest sample count an update may claim (``assignments.num_samples`` is a 32-bit INTEGER on
@@ -201,12 +212,16 @@ class Service:
     # ---------------------------------------------------------------- model versions
     def publish_model(self, checkpoint: Path, *, public_pack: Path | None = None,
                       public_pack_sha: str | None = None, parent_version: int | None = None,
-                      description: dict | None = None) -> dict:
+                      description: dict | None = None, validation_set: Path | None = None,
+                      validation_set_sha: str | None = None) -> dict:
         """Publish a checkpoint (``fedfr pretrain``'s format) as a new model version.
 
         The public pack (a :func:`fedfr.fl.wire.save_public_pack` file) is a path, or the sha256
         of one already in the blob store (``POST /v1/admin/public-packs``); without either the
-        parent's pack, if any, is inherited.
+        parent's pack, if any, is inherited. The validation set (a
+        :func:`fedfr.fl.wire.save_validation_set` file; ``POST /v1/admin/validation-sets``) is
+        given and inherited the same way; with one, the version is evaluated on it before it
+        is published.
         """
         try:
             model = GlobalModel.load(checkpoint)
@@ -214,6 +229,40 @@ class Service:
             raise bad_request("invalid_checkpoint", str(e)) from None
         if not model.backbone:
             raise bad_request("invalid_checkpoint", "the checkpoint holds no backbone tensor")
+        parent = None
+        if parent_version is not None:
+            with self.sessions() as s:  # versions are immutable: read once, outside the insert
+                parent = s.get(db.ModelVersion, parent_version)
+            if parent is None:
+                raise not_found("unknown_model_version", f"no model version {parent_version}")
+        val_sha = val_size = None
+        if validation_set_sha is not None:
+            if not self.blobs.exists(validation_set_sha):
+                raise bad_request("unknown_validation_set", f"no uploaded validation set "
+                                  f"{validation_set_sha}: POST it to /v1/admin/validation-sets")
+            validation_set = self.blobs.path(validation_set_sha)
+        val = None
+        if validation_set is not None:
+            val = self._read_validation_set(validation_set)
+        elif parent is not None and parent.validation_sha:
+            val_sha, val_size = parent.validation_sha, parent.validation_size
+            val = self._read_validation_set(self.blobs.path(val_sha))
+        metrics = None
+        if val is not None:
+            try:
+                metrics = self.evaluate(model, val)
+            except (ValueError, RuntimeError) as e:  # unusable embeddings, images that do not fit
+                raise bad_request("evaluation_failed", f"the model could not be evaluated on "
+                                  f"the validation set: {e}") from None
+        if validation_set is not None:
+            if validation_set_sha is not None:
+                val_sha, val_size = validation_set_sha, self.blobs.size(validation_set_sha)
+            else:
+                import shutil
+
+                tmp = self.blobs.staging()
+                shutil.copyfile(validation_set, tmp)
+                val_sha, val_size = self.blobs.put_file(tmp)
         pack_sha = pack_size = None
         if public_pack_sha is not None:
             if not self.blobs.exists(public_pack_sha):
@@ -241,29 +290,49 @@ class Service:
                 tmp = self.blobs.staging()
                 shutil.copyfile(public_pack, tmp)
                 pack_sha, pack_size = self.blobs.put_file(tmp)
+        if public_pack is None and parent is not None:
+            pack_sha, pack_size = parent.public_pack_sha, parent.public_pack_size
         with self.sessions.begin() as s:
-            if parent_version is not None and s.get(db.ModelVersion, parent_version) is None:
-                raise not_found("unknown_model_version", f"no model version {parent_version}")
-            if public_pack is None and parent_version is not None:
-                parent = s.get(db.ModelVersion, parent_version)
-                pack_sha, pack_size = parent.public_pack_sha, parent.public_pack_size
             row = self._insert_version(s, model, parent_version=parent_version, round_id=None,
                                        pack=(pack_sha, pack_size),
-                                       description=description or {})
+                                       description=description or {},
+                                       validation=(val_sha, val_size), metrics=metrics)
             out = version_json(row)
         self.bump("fedfr_model_versions_published_total")
         return out
 
+    @staticmethod
+    def _read_validation_set(path: Path) -> ValidationSet:
+        try:
+            return load_validation_set(path)
+        except DataFormatError as e:
+            raise bad_request("invalid_validation_set", str(e)) from None
+
+    def evaluate(self, model: GlobalModel, val: ValidationSet,
+                 progress: Callable[[], None] | None = None) -> dict:
+        """:func:`fedfr.evaluation.evaluate_model_on_validation` of ``model`` (the one place
+        the aggregator runs torch; imported here, never on a request path of devices)."""
+        from fedfr.evaluation import evaluate_model_on_validation
+
+        rep = evaluate_model_on_validation(model, val.images, val.labels,
+                                           device=self.settings.evaluation_device,
+                                           progress=progress)
+        return _finite(rep)
+
     def _insert_version(self, s: Session, model: GlobalModel, *, parent_version: int | None,
                         round_id: int | None, pack: tuple[str | None, int | None],
-                        description: dict) -> db.ModelVersion:
+                        description: dict,
+                        validation: tuple[str | None, int | None] = (None, None),
+                        metrics: dict | None = None, status: str = "published"
+                        ) -> db.ModelVersion:
         """Insert a version row, write its blob (stamped with the version number) and point the
         row at it — all inside the caller's transaction: no row without its blob."""
         row = db.ModelVersion(parent_version=parent_version, round_id=round_id, blob_sha="",
                               size=0, public_pack_sha=pack[0], public_pack_size=pack[1],
                               arch=model.arch, embedding_size=int(model.embedding_size),
                               shared_spec=shared_spec(model), description=description,
-                              created_at=now())
+                              created_at=now(), status=status, validation_sha=validation[0],
+                              validation_size=validation[1], validation=metrics)
         s.add(row)
         s.flush()
         stamped = model.with_(version=str(row.version), metadata={
@@ -277,14 +346,33 @@ class Service:
         return row
 
     def current_version(self, s: Session) -> db.ModelVersion | None:
-        return s.scalar(select(db.ModelVersion).order_by(db.ModelVersion.version.desc())
-                        .limit(1))
+        """The newest published version (a rejected one is never current)."""
+        return s.scalar(select(db.ModelVersion).where(db.ModelVersion.status == "published")
+                        .order_by(db.ModelVersion.version.desc()).limit(1))
 
     def list_models(self) -> list[dict]:
         with self.sessions() as s:
             rows = s.scalars(select(db.ModelVersion).order_by(db.ModelVersion.version)).all()
-            cur = rows[-1].version if rows else None
+            cur = self.current_version(s)
+            cur = cur.version if cur else None
             return [{**version_json(r), "current": r.version == cur} for r in rows]
+
+    def model_info(self, version: int) -> dict:
+        """A version's JSON (as in the list), metrics included."""
+        with self.sessions() as s:
+            row = s.get(db.ModelVersion, version)
+            if row is None:
+                raise not_found("unknown_model_version", f"no model version {version}")
+            cur = self.current_version(s)
+            return {**version_json(row), "current": cur is not None and cur.version == version}
+
+    def store_validation_set(self, staged: Path, sha: str) -> dict:
+        """Check an uploaded validation set and keep it (``POST /v1/admin/validation-sets``)."""
+        val = self._read_validation_set(staged)
+        size = self.blobs.put_file(staged, sha)[1]
+        return {"sha256": sha, "size": size, "images": len(val.images),
+                "identities": val.num_identities,
+                "image_size": [int(val.images.shape[1]), int(val.images.shape[2])]}
 
     def model_row(self, version: int) -> db.ModelVersion:
         with self.sessions() as s:
@@ -310,7 +398,18 @@ class Service:
     # ---------------------------------------------------------------- rounds
     def start_round(self, *, base_version: int | None, target: int, min_devices: int | None,
                     over_selection: float, deadline_seconds: float, config: dict,
-                    row_weighting: str = "uniform", repeat: int = 1) -> dict:
+                    row_weighting: str = "uniform", repeat: int = 1,
+                    max_regression: float | EllipsisType | None = SERVER_DEFAULT) -> dict:
+        """Start a round. ``max_regression``: the publication policy's margin for this round
+        (and the rounds ``repeat`` starts after it); ``None``: always publish; default: the
+        server's ``publish_max_regression``."""
+        if max_regression is SERVER_DEFAULT:
+            max_regression = self.settings.publish_max_regression
+        if max_regression is not None:
+            try:
+                max_regression = check_max_regression(max_regression)
+            except (TypeError, ValueError) as e:
+                raise bad_request("invalid_round", str(e)) from None
         if target < 1:
             raise bad_request("invalid_round", "target must be >= 1 device")
         min_devices = target if min_devices is None else min_devices
@@ -337,13 +436,25 @@ class Service:
                 base_version = cur.version
             elif s.get(db.ModelVersion, base_version) is None:
                 raise not_found("unknown_model_version", f"no model version {base_version}")
+            base = s.get(db.ModelVersion, base_version)
+            if base.status != "published":
+                raise conflict("rejected_model_version", f"model version {base_version} was "
+                               f"rejected by the publication policy: it cannot be a round's base")
+            spec = parse_metric(self.settings.publish_metric)
+            if (max_regression is not None and base.validation
+                    and spec.value(base.validation) is None):
+                raise bad_request("invalid_round", f"the publication metric {spec.name} is not "
+                                  f"resolvable on version {base_version}'s validation set "
+                                  f"({base.validation.get('num_impostor')} impostor pairs): "
+                                  f"use a larger set or another FEDFR_PUBLISH_METRIC")
             busy = s.scalar(select(db.Round.id).where(
                 db.Round.status.in_(("open", "aggregating"))).limit(1))
             if busy is not None:
                 raise conflict("round_in_progress", f"round {busy} is still in progress: close "
                                f"or abort it first")
             row = self._new_round(s, base_version, target, min_devices, over_selection,
-                                  deadline_seconds, config, row_weighting, repeat)
+                                  deadline_seconds, config, row_weighting, repeat,
+                                  max_regression)
             out = round_json(row)
         self.bump("fedfr_rounds_started_total")
         return out
@@ -351,7 +462,7 @@ class Service:
     @staticmethod
     def _new_round(s: Session, base_version: int, target: int, min_devices: int,
                    over_selection: float, deadline_seconds: float, config: dict,
-                   row_weighting: str, repeat: int) -> db.Round:
+                   row_weighting: str, repeat: int, max_regression: float | None) -> db.Round:
         t = now()
         row = db.Round(base_version=base_version, status="open", target=target,
                        min_devices=min_devices, over_selection=over_selection,
@@ -359,7 +470,7 @@ class Service:
                        deadline_at=t + deadline_seconds, config=dict(config),
                        row_weighting=row_weighting, repeat=repeat, num_assigned=0,
                        num_received=0, stats={"deadline_seconds": deadline_seconds},
-                       created_at=t)
+                       created_at=t, max_regression=max_regression)
         s.add(row)
         s.flush()
         return row
@@ -653,16 +764,32 @@ class Service:
         arrays, public = agg.result()
         model = base.with_(backbone=backbone_arrays(arrays), public_embeddings=public)
         seconds = time.perf_counter() - t0
-        self._renew_lease(round_id, claim)  # the publishing transaction gets a full lease
         # a mean whose weighted sum overflowed is dropped: JSON (and PostgreSQL) has no inf
         stats = {**(r.stats or {}), "devices": agg.count, "samples": agg.num_samples,
                  "metrics": {k: v for k, v in agg.metrics.items() if math.isfinite(v)},
                  "aggregation_seconds": seconds}
+        metrics = None
+        if base_row.validation_sha:  # evaluated before the publishing transaction, same claim
+            self._renew_lease(round_id, claim)
+            metrics = self._evaluate_candidate(model, base_row.validation_sha, round_id, claim)
+            stats["evaluation_seconds"] = metrics.get("seconds")
+        decision = publication_decision(parse_metric(self.settings.publish_metric),
+                                        r.max_regression, base_row.validation, metrics)
+        stats["publication"] = decision
+        published = decision["published"]
+        status = "completed" if published else "rejected"
+        reason = None
+        if not published:
+            reason = decision["reason"]
+            if r.repeat > 1:
+                reason += (f"; the {r.repeat - 1} remaining round(s) of the series were not "
+                           f"started")
+        self._renew_lease(round_id, claim)  # the publishing transaction gets a full lease
         with self.sessions.begin() as s:
             mine = s.execute(update(db.Round).where(db.Round.id == round_id,
                                                     db.Round.claim == claim,
                                                     db.Round.status == "aggregating")
-                             .values(status="completed", closed_at=now(), stats=stats))
+                             .values(status=status, closed_at=now(), reason=reason))
             if not mine.rowcount:  # lease lost to another worker: publish nothing
                 s.rollback()
                 return
@@ -670,22 +797,51 @@ class Service:
                 s, model, parent_version=r.base_version, round_id=round_id,
                 pack=(base_row.public_pack_sha, base_row.public_pack_size),
                 description={"round": round_id, "devices": agg.count,
-                             "samples": agg.num_samples})
+                             "samples": agg.num_samples},
+                validation=(base_row.validation_sha, base_row.validation_size),
+                metrics=metrics, status="published" if published else "rejected")
+            decision["candidate_version"] = row.version
             s.execute(update(db.Round).where(db.Round.id == round_id)
-                      .values(result_version=row.version))
-            if r.repeat > 1:
+                      .values(result_version=row.version if published else None,
+                              stats=stats))
+            if published and r.repeat > 1:
                 self._new_round(s, row.version, r.target, r.min_devices, r.over_selection,
                                 float((r.stats or {}).get("deadline_seconds", 3600)),
-                                r.config, r.row_weighting, r.repeat - 1)
-        self.bump('fedfr_rounds_finished_total{status="completed"}')
+                                r.config, r.row_weighting, r.repeat - 1, r.max_regression)
+        self.bump(f'fedfr_rounds_finished_total{{status="{status}"}}')
         self.bump("fedfr_aggregation_seconds_sum", seconds)
         self.bump("fedfr_aggregation_seconds_count")
-        self.bump("fedfr_model_versions_published_total")
+        self.bump("fedfr_model_versions_published_total" if published
+                  else "fedfr_model_versions_rejected_total")
         if not self.settings.keep_updates:
             for sha, _ in received:
                 self._drop_unreferenced_after_round(sha)
-        log.info("round %s aggregated %d updates into version %s in %.2fs", round_id,
-                 agg.count, row.version, seconds)
+        if published:
+            log.info("round %s aggregated %d updates into version %s in %.2fs", round_id,
+                     agg.count, row.version, seconds)
+        else:
+            log.warning("round %s rejected: %s (version %s stored as rejected)", round_id,
+                        reason, row.version)
+
+    def _evaluate_candidate(self, model: GlobalModel, validation_sha: str, round_id: int,
+                            claim: str) -> dict:
+        """A round's new model on its validation set, renewing the claim's lease between
+        batches. A model (or set) that cannot be evaluated gives ``{"error": ...}``: the
+        policy then refuses it, no policy publishes it as before."""
+        renewed = time.monotonic()
+
+        def progress() -> None:
+            nonlocal renewed
+            if time.monotonic() - renewed > self.settings.aggregation_lease / 3:
+                self._renew_lease(round_id, claim)
+                renewed = time.monotonic()
+
+        try:
+            val = load_validation_set(self.blobs.path(validation_sha))
+            return self.evaluate(model, val, progress)
+        except Exception as e:  # non-finite embeddings of a diverged model, a broken blob...
+            log.exception("evaluation of round %s's model failed", round_id)
+            return {"error": f"{type(e).__name__}: {e}"[:300]}
 
     def _drop_unreferenced_after_round(self, sha: str) -> None:
         with self.sessions() as s:
@@ -700,10 +856,13 @@ class Service:
         """Delete blobs nothing refers to (older than ``min_age`` seconds, so an upload between
         its blob and its row, or a pack waiting to be published, is kept): update blobs a
         killed process left without a row, and updates of finished rounds a kill kept from
-        being deleted. Model versions and their packs are never deleted. Returns how many."""
+        being deleted. Model versions, their packs and validation sets are never deleted
+        (an uploaded validation set not yet attached to a version is kept ``min_age``).
+        Returns how many."""
         with self.sessions() as s:
             keep = set(s.scalars(select(db.ModelVersion.blob_sha)).all())
             keep |= {x for x in s.scalars(select(db.ModelVersion.public_pack_sha)).all() if x}
+            keep |= {x for x in s.scalars(select(db.ModelVersion.validation_sha)).all() if x}
             q = select(db.Assignment.update_sha).where(db.Assignment.update_sha.is_not(None))
             if not self.settings.keep_updates:
                 q = q.join(db.Round, db.Round.id == db.Assignment.round_id).where(
@@ -759,13 +918,73 @@ _NO_FILE = Path("/nonexistent/fedfr-retry")
 
 
 def version_json(r: db.ModelVersion) -> dict:
-    return {"version": r.version, "parent_version": r.parent_version, "round_id": r.round_id,
+    return {"version": r.version, "status": r.status or "published",
+            "parent_version": r.parent_version, "round_id": r.round_id,
             "sha256": r.blob_sha, "size": r.size, "arch": r.arch,
             "embedding_size": r.embedding_size,
             "public_pack": None if not r.public_pack_sha else {
                 "sha256": r.public_pack_sha, "size": r.public_pack_size},
             "public_classes": (r.shared_spec or {}).get("public_rows"),
+            "validation_set": None if not r.validation_sha else {
+                "sha256": r.validation_sha, "size": r.validation_size},
+            "validation": r.validation,
             "description": r.description, "created_at": r.created_at}
+
+
+def _finite(obj: object) -> object:
+    """``obj`` with non-finite floats as ``None`` (JSON, and PostgreSQL's JSON, have no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def publication_decision(spec: MetricSpec, max_regression: float | None,
+                         base_metrics: dict | None, metrics: dict | None) -> dict:
+    """Whether a round's new version is published: ``{"published", "metric",
+    "max_regression", "base", "candidate", "regression", "reason"}``.
+
+    Published when there is no policy (``max_regression`` None), no validation set, or the
+    base has no value to compare with; refused when the candidate could not be evaluated (or
+    its metric is missing while the base's is not), or it is worse than the base by more than
+    ``max_regression``.
+    """
+    out: dict = {"metric": spec.name, "max_regression": max_regression, "base": None,
+                 "candidate": None, "regression": None, "published": True, "reason": None}
+    if metrics is None:
+        out["reason"] = "no validation set: published without evaluation"
+        return out
+    if "error" in metrics:
+        if max_regression is None:
+            out["reason"] = f"not evaluated ({metrics['error']}); no policy: published"
+            return out
+        out.update(published=False, reason=f"evaluation_failed: the new model could not be "
+                   f"evaluated on the validation set ({metrics['error']})")
+        return out
+    base, cand = spec.value(base_metrics), spec.value(metrics)
+    out.update(base=base, candidate=cand)
+    if max_regression is None:
+        out["reason"] = "no policy (max_regression unset): published"
+        return out
+    if base is None:
+        out["reason"] = f"the base version has no {spec.name} to compare with: published"
+        return out
+    if cand is None:
+        out.update(published=False, reason=f"regression: {spec.name} of the new model is not "
+                   f"resolvable (base {base:.4f})")
+        return out
+    drop = spec.regression(cand, base)
+    out["regression"] = drop
+    if drop > max_regression + 1e-12:
+        out.update(published=False, reason=f"regression: {spec.name} {cand:.4f} vs the base's "
+                   f"{base:.4f} (worse by {drop:.4f}, more than the margin {max_regression:g})")
+    else:
+        out["reason"] = (f"{spec.name} {cand:.4f} vs the base's {base:.4f}: within the margin "
+                         f"{max_regression:g}")
+    return out
 
 
 def round_json(r: db.Round) -> dict:
@@ -774,6 +993,7 @@ def round_json(r: db.Round) -> dict:
             "min_devices": r.min_devices, "over_selection": r.over_selection,
             "capacity": r.capacity, "deadline_at": r.deadline_at, "config": r.config,
             "row_weighting": r.row_weighting, "repeat": r.repeat,
+            "max_regression": r.max_regression,
             "num_assigned": r.num_assigned, "num_received": r.num_received,
             "stats": r.stats, "reason": r.reason, "created_at": r.created_at,
             "closed_at": r.closed_at}

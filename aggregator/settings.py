@@ -3,6 +3,7 @@ variables (uvicorn's worker processes read the environment the ``serve`` command
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -28,6 +29,14 @@ class Settings:
             process may be taken over by another (a live aggregation renews its lease).
         keep_updates: keep update blobs after their round aggregated (default: delete them).
         auto_migrate: apply database migrations when the app starts.
+        publish_metric: the validation metric the publication policy compares:
+            ``tar@far=1e-01|1e-02|1e-03``, ``eer`` (lower is better), ``auc`` or ``rank1``.
+        publish_max_regression: a round's new version is rejected (not made current) when its
+            ``publish_metric`` on the validation set is worse than its base version's by more
+            than this (absolute, e.g. ``0.02``); ``None``: always publish. A round may set its
+            own (``max_regression`` when it starts); this is the default it gets.
+        evaluation_device: torch device the validation set is embedded on (``cpu``,
+            ``cuda``, ``cuda:1``).
     """
 
     data_dir: Path
@@ -40,9 +49,15 @@ class Settings:
     aggregation_lease: float = 30.0
     keep_updates: bool = False
     auto_migrate: bool = True
+    publish_metric: str = "tar@far=1e-02"
+    publish_max_regression: float | None = None
+    evaluation_device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "publish_metric", parse_metric(self.publish_metric).name)
+        if self.publish_max_regression is not None:
+            check_max_regression(self.publish_max_regression)
         if self.max_upload_bytes < 0:
             raise ValueError("max_upload_bytes must be >= 0")
         if not self.max_update_norm_ratio > 0:
@@ -106,3 +121,54 @@ class Settings:
         if "data_dir" not in kw:
             raise ValueError(f"{ENV_PREFIX}DATA_DIR is not set (the aggregator's data directory)")
         return cls(**kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A validation metric the publication policy compares (see :func:`parse_metric`)."""
+
+    name: str  # canonical: tar@far=1e-02 | eer | auc | rank1
+    higher_is_better: bool
+
+    def value(self, metrics: dict | None) -> float | None:
+        """This metric in a validation report (``None``: absent or not resolvable)."""
+        if not metrics:
+            return None
+        if self.name.startswith("tar@far="):
+            v = (metrics.get("tar_at_far") or {}).get(self.name.split("=", 1)[1])
+        else:
+            v = metrics.get(self.name)
+        return None if v is None else float(v)
+
+    def regression(self, candidate: float, base: float) -> float:
+        """How much worse ``candidate`` is than ``base`` (negative: better)."""
+        return base - candidate if self.higher_is_better else candidate - base
+
+
+_FAR_KEYS = ("1e-01", "1e-02", "1e-03")  # fedfr.evaluation.VALIDATION_FARS, formatted
+
+
+def parse_metric(spec: str) -> MetricSpec:
+    """``tar@far=1e-02`` (or ``=0.01``), ``eer``, ``auc`` or ``rank1``.
+
+    Raises:
+        ValueError: another metric, or a FAR the validation report does not compute.
+    """
+    raw = str(spec).strip().lower()
+    if raw in ("eer", "auc", "rank1"):
+        return MetricSpec(raw, raw != "eer")
+    if raw.startswith("tar@far="):
+        try:
+            key = f"{float(raw.split('=', 1)[1]):.0e}"
+        except ValueError:
+            key = ""
+        if key in _FAR_KEYS:
+            return MetricSpec(f"tar@far={key}", True)
+    raise ValueError(f"publish metric {spec!r}: use tar@far=1e-01, tar@far=1e-02, "
+                     f"tar@far=1e-03, eer, auc or rank1")
+
+
+def check_max_regression(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"max_regression must be a finite number >= 0, got {value!r}")
+    return float(value)

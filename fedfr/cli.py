@@ -12,9 +12,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedfr import __version__
 from fedfr.errors import FedFRError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("fedfr")
 
@@ -178,7 +182,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seeds=_csv(args.seeds, int), data=Path(args.data) if args.data else None,
         pretrained=Path(args.pretrained) if args.pretrained else None,
         pretrain_epochs=args.pretrain_epochs, local=local, prox_mu=args.prox_mu,
-        device=args.device, progress=not args.json,
+        device=args.device, progress=not args.json, domain_strength=args.domain_strength,
+        select=args.select, row_weighting=args.row_weighting,
     )
     results = simulate(cfg)
     if args.json:
@@ -194,31 +199,85 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_public_pack(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fedfr.data.manifest import SyntheticDataset
+    from fedfr.fl.wire import save_validation_set
     from fedfr.train.local_state import PublicPack
 
+    k = args.validation_identities
+    if k and not args.validation_out:
+        raise ValueError("--validation-identities needs --validation-out (the validation set "
+                         "file to write)")
+    if args.validation_out and not k:
+        raise ValueError("--validation-out needs --validation-identities K (K >= 2)")
+    if k and k < 2:
+        raise ValueError("--validation-identities must be >= 2 (impostor pairs need two)")
+    if (k or args.kind == "images") and not args.data:
+        raise ValueError("--data (a synthetic data set folder) is required for an images "
+                         "pack or a validation set; --kind embeddings alone needs none")
+    held: np.ndarray | None = None
+    if args.data:
+        ds = SyntheticDataset.load(args.data)
+        images, labels = ds.public.load(), np.asarray(ds.public.labels, np.int64)
+        source = f"synthetic:{ds.profile}:seed={ds.seed}:public"
+        if k:
+            held, keep = holdout_identities(labels, k, seed=args.seed)
+            val_sel = np.flatnonzero(~keep)
+            if args.validation_per_class is not None:
+                val_sel = _per_class(labels, val_sel, args.validation_per_class, args.seed)
+            save_validation_set(args.validation_out, images[val_sel], labels[val_sel],
+                                metadata={"source": source, "identities": held.tolist(),
+                                          "seed": args.seed})
+            images, labels = images[keep], labels[keep]
     if args.kind == "embeddings":
         pack = PublicPack("embeddings")
         meta = {}
     else:
-        if not args.data:
-            raise ValueError("--data (a synthetic data set folder) is required for an images "
-                             "pack; --kind embeddings needs none")
-        ds = SyntheticDataset.load(args.data)
-        pack = PublicPack.from_images(ds.public.load(), ds.public.labels,
-                                      per_class=args.per_class, seed=args.seed)
-        meta = {"source": f"synthetic:{ds.profile}:seed={ds.seed}:public",
-                "per_class": args.per_class}
+        pack = PublicPack.from_images(images, labels, per_class=args.per_class, seed=args.seed)
+        meta = {"source": source, "per_class": args.per_class}
+        if held is not None:
+            meta["held_out_identities"] = held.tolist()
     pack.save(args.out, metadata=meta)
     info = {"out": str(args.out), "kind": pack.kind, "bytes": Path(args.out).stat().st_size,
             "images": 0 if pack.images is None else len(pack.images),
             "classes": 0 if pack.labels is None else len(set(pack.labels.tolist()))}
+    if held is not None:
+        info["validation"] = {"out": str(args.validation_out), "identities": int(k),
+                              "images": len(val_sel),
+                              "bytes": Path(args.validation_out).stat().st_size}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(f"wrote {info['out']}: {info['kind']} pack, {info['images']} images of "
               f"{info['classes']} public classes, {info['bytes'] / 1e6:.2f} MB")
+        if held is not None:
+            v = info["validation"]
+            print(f"wrote {v['out']}: validation set, {v['images']} images of {k} held-out "
+                  f"public identities (not in the pack), {v['bytes'] / 1e6:.2f} MB")
     return EXIT_OK
+
+
+def holdout_identities(labels: np.ndarray, k: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(held, keep)``: ``k`` identities drawn from ``labels`` (a pure function of the labels
+    and ``seed``), sorted, and the (N,) mask of the images that are *not* theirs."""
+    import numpy as np
+
+    classes = np.unique(labels)
+    if k >= len(classes):
+        raise ValueError(f"--validation-identities {k}: the public split has only "
+                         f"{len(classes)} identities (some must stay in the pack)")
+    held = np.sort(np.random.default_rng([seed, 0x7A1]).choice(classes, k, replace=False))
+    return held, ~np.isin(labels, held)
+
+
+def _per_class(labels: np.ndarray, sel: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0x7A2])
+    out = [np.sort(rng.permutation(sel[labels[sel] == c])[:per_class])
+           for c in np.unique(labels[sel])]
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------- parser
@@ -287,16 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--kind", choices=("images", "embeddings"), default="images",
                    help="images: public crops (the paper); embeddings: no image at all")
     k.add_argument("--per-class", type=int, default=4, help="images kept per public class")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--seed", type=int, default=0,
+                   help="seeds the images kept per class and the held-out identities")
+    k.add_argument("--validation-identities", type=int, default=0, metavar="K",
+                   help="hold K public identities out of the pack: their images go to "
+                        "--validation-out (the aggregator's validation set), none to devices")
+    k.add_argument("--validation-out", type=Path,
+                   help="validation set file to write (aggregator admin publish-model "
+                        "--validation-set)")
+    k.add_argument("--validation-per-class", type=int, default=None,
+                   help="images kept per held-out identity (default: all)")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_public_pack)
 
     m = sub.add_parser("simulate", help="run FedFR and its baselines on the same data, "
                                         "evaluate every round, write results.json/.md + plots")
-    m.add_argument("--profile", default="tiny", help="tiny | small | paper")
+    m.add_argument("--profile", default="tiny", help="tiny | small | fair | paper")
     m.add_argument("--methods", default="all",
                    help="comma-separated: pretrained,local,fedavg,fedavg_public,fedprox,fedfr,"
-                        "fedfr_emb (default all)")
+                        "fedfr_emb and the controls public_more,centralized (default all)")
+    m.add_argument("--select", action="store_true",
+                   help="choose each method's lr and BatchNorm policy on the profile's "
+                        "validation data set first (fair, paper)")
+    m.add_argument("--domain-strength", type=float, default=None,
+                   help="device camera domains' distance from the public domain (default: "
+                        "the profile's; fair: 0)")
+    m.add_argument("--row-weighting", default="uniform", choices=("uniform", "samples"),
+                   help="server average of public embedding rows")
     m.add_argument("--rounds", type=int, default=None, help="default: per profile")
     m.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     m.add_argument("--out", required=True, help="output folder (reused: finished runs resume)")

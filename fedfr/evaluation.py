@@ -300,3 +300,113 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, *, arch: str | 
         log.warning("matplotlib not installed: no ROC plot (pip install 'fedfr[plot]')")
     report["table"] = table
     return report
+
+
+# --------------------------------------------------------------------------- validation sets
+#: FARs a model version is judged at on the server's validation set.
+VALIDATION_FARS: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
+#: Impostor pairs scored at most (a uniform sample without replacement above this).
+MAX_IMPOSTOR_PAIRS = 200_000
+
+
+def validation_pairs(labels: np.ndarray, *, max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs a validation set is scored on: every genuine pair, and every impostor pair
+    when there are at most ``max_impostor_pairs`` of them, else that many drawn uniformly
+    without replacement (a pure function of ``labels`` and ``seed``).
+
+    Returns:
+        ``(pairs (M, 2) int64 with i < j, sorted, issame (M,) bool)``.
+    """
+    lab = np.asarray(labels)
+    n = len(lab)
+    order = np.argsort(lab, kind="stable")
+    _, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    genuine = []
+    for s, c in zip(starts, counts, strict=True):
+        if c > 1:
+            i, j = np.triu_indices(int(c), k=1)
+            members = np.sort(order[s:s + c])
+            genuine.append(np.stack([members[i], members[j]], axis=1))
+    gen = np.concatenate(genuine) if genuine else np.zeros((0, 2), np.int64)
+    n_imp = n * (n - 1) // 2 - len(gen)
+    if n_imp <= max_impostor_pairs:
+        i, j = np.triu_indices(n, k=1)
+        keep = lab[i] != lab[j]
+        imp = np.stack([i[keep], j[keep]], axis=1)
+    else:
+        rng = np.random.default_rng(seed)
+        codes = np.zeros(0, np.int64)
+        while len(codes) < max_impostor_pairs:
+            m = 2 * (max_impostor_pairs - len(codes)) + 64
+            a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+            ok = lab[a] != lab[b]
+            lo, hi = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+            codes = np.concatenate([codes, lo.astype(np.int64) * n + hi])
+            _, first = np.unique(codes, return_index=True)
+            codes = codes[np.sort(first)]  # first draws kept, in draw order
+        codes = np.sort(codes[:max_impostor_pairs])
+        imp = np.stack([codes // n, codes % n], axis=1)
+    pairs = np.concatenate([gen.astype(np.int64), imp.astype(np.int64)])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return pairs, lab[pairs[:, 0]] == lab[pairs[:, 1]]
+
+
+def validation_report(emb: np.ndarray, labels: np.ndarray, *,
+                      fars: Sequence[float] = VALIDATION_FARS,
+                      max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS, seed: int = 0) -> dict:
+    """Verification and rank-1 metrics of (N, D) embeddings of a validation set.
+
+    1:1 on :func:`validation_pairs`; rank-1 with the first image (in file order) of every
+    identity as its gallery image and every other image as a probe (closed set).
+
+    Returns:
+        ``{"num_images", "num_identities", "num_genuine", "num_impostor", "tar_at_far"
+        {"1e-02": float | None (None: too few impostor pairs for that FAR)}, "eer", "auc",
+        "rank1"}``.
+    """
+    from fedfr.metrics import cosine_similarity_matrix, rank1_accuracy
+
+    lab = np.asarray(labels)
+    pairs, issame = validation_pairs(lab, max_impostor_pairs=max_impostor_pairs, seed=seed)
+    ver = pairs_report(pair_scores(emb, pairs), issame, fars)
+    _, first = np.unique(lab, return_index=True)
+    probe = np.ones(len(lab), bool)
+    probe[first] = False
+    rank1 = rank1_accuracy(cosine_similarity_matrix(emb[probe], emb[first]), lab[first],
+                           lab[probe])
+    return {"num_images": len(lab), "num_identities": len(first),
+            "num_genuine": ver["num_genuine"], "num_impostor": ver["num_impostor"],
+            "tar_at_far": ver["tar_at_far"], "eer": ver["eer"], "auc": ver["auc"],
+            "rank1": rank1}
+
+
+def evaluate_model_on_validation(model, images: np.ndarray, labels: np.ndarray, *,
+                                 device: str = "cpu", batch_size: int = 128,
+                                 progress: Callable[[], None] | None = None,
+                                 max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS,
+                                 seed: int = 0) -> dict:
+    """:func:`validation_report` of a :class:`~fedfr.fl.GlobalModel`'s generic backbone
+    (:func:`fedfr.train.recognizer.generic_embedder`; torch is imported here, not before).
+
+    ``progress`` is called after every batch (the aggregator renews its lease there).
+
+    Raises:
+        ValueError: the model produces unusable embeddings (non-finite, zero), or the images
+            do not fit it.
+    """
+    import time
+
+    from fedfr.train.recognizer import generic_embedder
+
+    t0 = time.perf_counter()
+    embed = generic_embedder(model, device=device, batch_size=batch_size)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        parts.append(embed(images[start:start + batch_size]))
+        if progress is not None:
+            progress()
+    report = validation_report(np.concatenate(parts), labels, max_impostor_pairs=
+                               max_impostor_pairs, seed=seed)
+    report["seconds"] = time.perf_counter() - t0
+    return report

@@ -231,3 +231,97 @@ def load_public_pack(path: str | os.PathLike[str]) -> tuple[str, np.ndarray | No
     except DataFormatError as e:
         raise DataFormatError(f"{path}: {e}") from None
     return kind, arrays["images"], arrays["labels"].astype(np.int64), user
+
+
+# --------------------------------------------------------------------------- validation sets
+VALIDATION_FORMAT = "fedfr-validation-set"
+VALIDATION_FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationSet:
+    """The server's held-out face crops it evaluates every model version on (never sent to a
+    device): ``images`` uint8 (N, H, W, 3) RGB and ``labels`` int64 (N,) identity labels, with
+    free-form JSON ``metadata`` (its source)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    metadata: dict
+
+    @property
+    def num_identities(self) -> int:
+        return len(np.unique(self.labels))
+
+
+def _check_validation(images: np.ndarray, labels: np.ndarray, where: str = "") -> None:
+    pre = f"{where}: " if where else ""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataFormatError(f"{pre}validation images must be uint8 (N, H, W, 3), got "
+                              f"{images.dtype} {images.shape}")
+    if min(images.shape[1:3]) < 8:
+        raise DataFormatError(f"{pre}validation images of {images.shape[1]}x{images.shape[2]} "
+                              f"pixels are too small to be face crops")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(f"{pre}validation labels must be (N,) integers, got {labels.dtype} "
+                              f"{labels.shape} for {len(images)} images")
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2:
+        raise DataFormatError(f"{pre}a validation set needs at least 2 identities (impostor "
+                              f"pairs), got {len(counts)}")
+    if counts.max() < 2:
+        raise DataFormatError(f"{pre}a validation set needs an identity with at least 2 images "
+                              f"(genuine pairs); every identity has one")
+
+
+def save_validation_set(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray,
+                        *, metadata: dict | None = None) -> Path:
+    """Write a validation set file (atomically).
+
+    Raises:
+        DataFormatError: the arrays are not a usable validation set.
+    """
+    from safetensors.numpy import save_file
+
+    from fedfr.io import atomic_path
+
+    images, labels = np.asarray(images), np.asarray(labels)
+    _check_validation(images, labels)
+    meta = {"format": VALIDATION_FORMAT, "format_version": VALIDATION_FORMAT_VERSION,
+            "metadata": json.dumps(metadata or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"images": np.array(images, np.uint8, order="C"),
+                   "labels": np.array(labels, np.int64, order="C")}, str(tmp), metadata=meta)
+    return path
+
+
+def load_validation_set(path: str | os.PathLike[str]) -> ValidationSet:
+    """Read a validation set file.
+
+    Raises:
+        DataFormatError: unreadable, not a validation set (a public pack, an update...), another
+            format version, or tensors that are not a usable validation set.
+    """
+    path = Path(path)
+    meta, arrays = _read_safetensors(path, None, f"validation set {path}")
+    fmt = meta.get("format")
+    if fmt != VALIDATION_FORMAT:
+        hint = " (a public pack: devices train on it; pass the --validation-out file)" \
+            if fmt == PACK_FORMAT else ""
+        raise DataFormatError(f"{path}: not a fedfr validation set (format={fmt!r}){hint}")
+    if meta.get("format_version") != VALIDATION_FORMAT_VERSION:
+        raise DataFormatError(f"{path}: unsupported validation set version "
+                              f"{meta.get('format_version')!r} (this code reads "
+                              f"{VALIDATION_FORMAT_VERSION})")
+    try:
+        user = json.loads(meta.get("metadata", "{}"))
+    except ValueError as e:
+        raise DataFormatError(f"{path}: validation set metadata is not JSON: {e}") from None
+    if not isinstance(user, dict):
+        raise DataFormatError(f"{path}: validation set metadata must be a JSON object")
+    if set(arrays) != {"images", "labels"}:
+        raise DataFormatError(f"{path}: a validation set holds exactly 'images' and 'labels', "
+                              f"got {sorted(arrays)}")
+    _check_validation(arrays["images"], arrays["labels"], str(path))
+    return ValidationSet(arrays["images"], arrays["labels"].astype(np.int64), user)
