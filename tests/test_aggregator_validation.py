@@ -488,3 +488,71 @@ def srv_policy(request, tmp_path):
     srv.stop()
     if url:
         drop_pg_database(url)
+
+
+def test_sigkill_during_evaluation_is_redone_and_publishes_once(artifacts, tmp_path):
+    """Evaluation runs under the aggregation claim: the lease is renewed while it works, a
+    SIGKILL in the middle leaves the round ``aggregating`` with no version, and the restarted
+    server redoes aggregation + evaluation and publishes exactly one evaluated version."""
+    import sqlite3
+    import time
+
+    ckpt, _, _ = artifacts
+    val = make_validation_set(tmp_path / "big.safetensors", identities=60, per=10, seed=3)
+    srv = Server(tmp_path / "data", env={"FEDFR_AGGREGATION_LEASE": "1.5"}).start()
+    db = tmp_path / "data" / "aggregator.db"
+
+    def row() -> dict:
+        con = sqlite3.connect(db)
+        con.row_factory = sqlite3.Row
+        try:
+            r = dict(con.execute("SELECT status, claim, lease_until FROM rounds").fetchone())
+            r["versions"] = con.execute("SELECT count(*) FROM model_versions").fetchone()[0]
+            return r
+        finally:
+            con.close()
+
+    try:
+        with srv.admin() as c:
+            sha = upload_val(c, val).json()["sha256"]
+            t0 = time.monotonic()
+            r = c.post("/v1/admin/models", content=ckpt.read_bytes(),
+                       params={"validation_set": sha})
+            assert r.status_code == 201, r.text
+            publish_seconds = time.monotonic() - t0
+            v1 = r.json()
+            rid = c.post("/v1/admin/rounds", json={"target": 1, "deadline_seconds": 600}
+                         ).json()["id"]
+        dev = FakeDevice(srv.url, enrollment_token(srv))
+        _, _, r = dev.participate()
+        assert r.status_code == 202, r.text
+        # the aggregation of one tiny update takes milliseconds: 'aggregating' is evaluation
+        seen, t_end = [], time.monotonic() + 60
+        while time.monotonic() < t_end:
+            now = row()
+            if now["status"] == "open":
+                time.sleep(0.02)
+                continue
+            seen.append(now)
+            if now["status"] != "aggregating" or now["lease_until"] > seen[0]["lease_until"]:
+                break
+            time.sleep(0.05)
+        assert seen and seen[0]["status"] == "aggregating", (seen, publish_seconds)
+        assert seen[-1]["status"] == "aggregating" and seen[-1]["versions"] == 1, seen
+        # the lease moved on while evaluating (renewed between batches), same claim
+        assert seen[-1]["lease_until"] > seen[0]["lease_until"], seen
+        assert seen[-1]["claim"] == seen[0]["claim"]
+        srv.kill()
+        dead = row()
+        assert dead["status"] == "aggregating" and dead["versions"] == 1, dead
+        srv.start()
+        done = wait_round(srv, rid, FINISHED, timeout=120)
+        assert done["status"] == "completed" and done["result_version"] == 2, done
+        ms = srv.models()
+        assert [m["version"] for m in ms] == [1, 2] and ms[1]["current"]
+        assert_metrics_match(ms[1]["validation"],
+                             independent_metrics(download(srv, 2, tmp_path / "v2.st"), val))
+        assert ms[0]["validation"] == v1["validation"]
+        dev.close()
+    finally:
+        srv.stop()
