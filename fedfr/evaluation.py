@@ -177,6 +177,7 @@ def summarize(report: dict) -> dict[str, float | None]:
 def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT_FARS,
                      fpirs: Sequence[float] = DEFAULT_FPIRS,
                      device_embedders: Callable[[DeviceSplit], EmbedFn] | None = None,
+                     devices: bool = True,
                      ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Every metric of a synthetic benchmark data set (:class:`SyntheticDataset`).
 
@@ -184,6 +185,7 @@ def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT
         embed: the generic model's embedding function.
         device_embedders: the embedding function to use on each device (its personalized
             recognizer); default: ``embed`` everywhere (the pretrained baseline).
+        devices: ``False``: the generic splits only (``devices`` and its curve are absent).
 
     Returns:
         ``(report, curves)``: report has ``generic`` (evaluation identities, public domain),
@@ -199,6 +201,8 @@ def evaluate_dataset(embed: EmbedFn, dataset, *, fars: Sequence[float] = DEFAULT
         emb = embed(split.images.load())
         report[name], scores = split_report(emb, split, fars=fars, fpirs=fpirs)
         curves[name] = (scores, np.asarray(split.issame, dtype=bool))
+    if not devices:
+        return report, curves
     per_device, dev_scores, dev_same = [], [], []
     for d in dataset.devices:
         rep, scores, same = _device_report(device_embedders(d) if device_embedders else embed,

@@ -84,9 +84,16 @@ def combine(cfg, per_seed: dict[int, dict[str, dict]]) -> dict:
         entry["history"] = history
         entry["bytes"] = _mean_std([r["bytes"] for r in runs])[0]
         entry["seconds"] = float(np.mean([r.get("seconds", 0.0) for r in runs]))
+        if all("personalized_backbone" in r for r in runs):
+            entry["personalized_backbone"], entry["personalized_backbone_std"] = _mean_std(
+                [r["personalized_backbone"] for r in runs])
+        entry["overrides"] = runs[0].get("overrides", {})
+        entry["total_steps"] = float(np.mean([r.get("total_steps", 0) for r in runs]))
         entry["per_seed"] = {str(s): {k: per_seed[s][name][k] for k in
                                       ("generic", "generic_device_domains", "personalized",
-                                       "history", "bytes")} for s in seeds}
+                                       "personalized_per_device", "personalized_backbone",
+                                       "history", "bytes", "overrides", "total_steps")
+                                      if k in per_seed[s][name]} for s in seeds}
         methods[name] = entry
     return {
         "format": RESULTS_FORMAT,
@@ -96,7 +103,43 @@ def combine(cfg, per_seed: dict[int, dict[str, dict]]) -> dict:
         "rounds": cfg.num_rounds,
         "settings": cfg.settings(),
         "methods": methods,
+        "paired": paired(cfg.methods, per_seed),
     }
+
+
+#: Reference methods every other method is compared with, pair by pair.
+PAIRED_REFERENCES = ("pretrained", "fedavg", "public_more", "centralized")
+
+
+def paired(methods, per_seed: dict[int, dict[str, dict]]) -> dict:
+    """``{method: {reference: paired differences}}`` (:func:`fedfr.sim.protocol.
+    paired_differences`), plus FedFR's converter test (``fedfr`` with vs without its
+    converter, on the same devices) under ``"dfc"``."""
+    from fedfr.sim.protocol import paired_differences
+
+    out: dict = {}
+    for ref in PAIRED_REFERENCES:
+        if ref not in methods:
+            continue
+        for m in methods:
+            if m != ref:
+                out.setdefault(m, {})[ref] = paired_differences(per_seed, m, ref)
+    dfc: dict = {}
+    for m in methods:
+        runs = {s: per_seed[s][m] for s in per_seed}
+        if all("personalized_backbone" in r for r in runs.values()):
+            view = {s: {"with": {"personalized": r["personalized"],
+                                 "personalized_per_device": r.get("personalized_per_device")},
+                        "without": {"personalized": r["personalized_backbone"],
+                                    "personalized_per_device":
+                                        r.get("personalized_backbone_per_device")}}
+                    for s, r in runs.items()}
+            metrics = [("personalized", k) for k in ("tar@far=1e-03", "tar@far=1e-02",
+                                                     "dir@fpir=1e-02")]
+            dfc[m] = paired_differences(view, "with", "without", metrics)
+    if dfc:
+        out["dfc"] = dfc
+    return out
 
 
 def _cell(mean: float | None, std: float | None, n: int) -> str:
@@ -123,6 +166,19 @@ def results_table(results: dict) -> str:
                      for k, _ in TABLE_METRICS]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
+    backbone = {n: m for n, m in results["methods"].items() if "personalized_backbone" in m}
+    if backbone:
+        out.append("### Personalized, the local backbone without its DFC converter\n")
+        out.append("| method | " + " | ".join(t for _, t in TABLE_METRICS) + " |")
+        out.append("|---|" + "|".join("---:" for _ in TABLE_METRICS) + "|")
+        for name, m in backbone.items():
+            cells = [_cell(m["personalized_backbone"].get(k),
+                           m["personalized_backbone_std"].get(k), n) for k, _ in TABLE_METRICS]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append(paired_table(results))
+    if "selection" in results:
+        out.append(selection_table(results["selection"]))
     out.append("### Communication per device and round\n")
     out.append("| method | download (MB) | upload (MB) | public pack, once (MB) | "
                "seconds per seed |")
@@ -132,6 +188,53 @@ def results_table(results: dict) -> str:
         out.append(f"| {name} | {b['download_per_device_round'] / 1e6:.3f} | "
                    f"{b['upload_per_device_round'] / 1e6:.3f} | {b['public_pack'] / 1e6:.3f} | "
                    f"{m['seconds']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def _ci(d: dict) -> str:
+    if d.get("mean") is None:
+        return "—"
+    if d.get("low") is None:
+        return f"{d['mean']:+.4f} (n={d['n']})"
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']})"
+
+
+PAIRED_COLUMNS = (("generic.tar@far=1e-03", "per_seed", "generic TAR@1e-3"),
+                  ("personalized.tar@far=1e-03", "per_seed", "personalized TAR@1e-3"),
+                  ("personalized.tar@far=1e-03", "per_device",
+                   "personalized TAR@1e-3, per device"))
+
+
+def paired_table(results: dict) -> str:
+    """Paired differences with 95 % t-intervals: every method against each reference."""
+    pairs = results.get("paired") or {}
+    out = ["### Paired differences (method − reference), mean [95 % CI] (n pairs)\n",
+           "| method | reference | " + " | ".join(t for *_, t in PAIRED_COLUMNS) + " |",
+           "|---|---|" + "|".join("---:" for _ in PAIRED_COLUMNS) + "|"]
+    for m, refs in pairs.items():
+        if m == "dfc":
+            continue
+        for ref, d in refs.items():
+            cells = [_ci(d[key][kind]) if key in d and kind in d[key] else "—"
+                     for key, kind, _ in PAIRED_COLUMNS]
+            out.append(f"| {m} | {ref} | " + " | ".join(cells) + " |")
+    for m, d in (pairs.get("dfc") or {}).items():
+        cells = ["—"] + [_ci(d[key][kind]) for key, kind, _ in PAIRED_COLUMNS[1:]]
+        out.append(f"| {m} with converter | {m} without | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def selection_table(sel: dict) -> str:
+    """Each method's selection scores per grid point and the chosen point."""
+    keys = sorted({k for m in sel["methods"].values() for k in m["scores"]})
+    out = [f"### Hyperparameters chosen on the validation data set (seed {sel['seed']}, "
+           f"{sel['rounds']} round(s); score = {sel['metric']})\n",
+           "| method | " + " | ".join(keys) + " | chosen |",
+           "|---|" + "|".join("---:" for _ in keys) + "|---|"]
+    for m, e in sel["methods"].items():
+        cells = [f"{e['scores'][k]:.4f}" if k in e["scores"] else "—" for k in keys]
+        chosen = ", ".join(f"{k}={v}" for k, v in sorted(e["chosen"].items()))
+        out.append(f"| {m} | " + " | ".join(cells) + f" | {chosen} |")
     return "\n".join(out) + "\n"
 
 

@@ -28,6 +28,12 @@ class MethodSpec:
         dfc: trains the DFC converter (the personalized recognizer is backbone -> converter).
         contrastive: the contrastive regularizer is on.
         prox: FedProx's proximal term is on (weight from the harness, ``prox_mu``).
+        control: a harness control, not a federated method: ``"public"`` (the generic model
+            trained further on public images, as many as the devices hold together, for the
+            same rounds and epochs: does FL beat just training longer?) or ``"pooled"`` (one
+            learner on the pooled device data with public negatives: the centralized upper
+            bound). Controls run the same local step on one pseudo-device whose update is
+            the new generic model; they have no personalized recognizer.
     """
 
     name: str
@@ -38,6 +44,7 @@ class MethodSpec:
     dfc: bool = False
     contrastive: bool = False
     prox: bool = False
+    control: str | None = None
 
     def local_config(self, base: LocalConfig, *, prox_mu: float = 0.01) -> LocalConfig:
         """``base`` with this method's terms switched on or off (weights kept from ``base``).
@@ -64,7 +71,15 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                public="images", dfc=True, contrastive=True),
     MethodSpec("fedfr_emb", "FedFR with public class embeddings only (no public image)",
                public="embeddings", dfc=True, contrastive=True),
+    MethodSpec("public_more", "control: pretraining continued on public images, same steps",
+               control="public"),
+    MethodSpec("centralized", "control: the pooled device data + public negatives, one learner",
+               public="images", control="pooled"),
 )}
+
+#: The federated methods (what a round of the aggregator may run).
+FEDERATED_METHODS = tuple(m for m, s in METHODS.items()
+                          if s.trains and s.federated and s.control is None)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -111,9 +126,9 @@ def round_config(config: Mapping, *, base: LocalConfig | None = None) -> LocalCo
         method = get_method(name) if isinstance(name, str) else None
     except UnknownNameError as e:
         raise ValueError(str(e)) from None
-    if method is None or not method.trains or not method.federated:
+    if method is None or method.name not in FEDERATED_METHODS:
         raise ValueError(f"round config 'method' must be a federated method "
-                         f"({[m for m, s in METHODS.items() if s.federated]}), got {name!r}")
+                         f"({list(FEDERATED_METHODS)}), got {name!r}")
     local = config.get("local", {})
     if not isinstance(local, Mapping):
         raise ValueError("round config 'local' must be an object of LocalConfig fields")
