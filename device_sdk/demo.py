@@ -2,14 +2,16 @@
 
 ::
 
-    python -m device_sdk.demo --workdir DIR [--devices N] [--rounds R] [--profile tiny]
-                              [--pretrain-epochs E] [--seed S]
+    python -m device_sdk.demo --workdir DIR [--devices 4] [--rounds 2] [--profile fair]
+                              [--pretrain-epochs E] [--seed S] [--pack-per-class 3]
 
 1. synthesize the profile's data set and pretrain the generic model on its public split, and
    build the public pack (:func:`fedfr.sim.runner.prepare_seed`, the harness's own set-up);
 2. start the aggregator (``aggregator serve``: SQLite + files in ``DIR/server``) on a free
    loopback port, publish the model with its public pack, create an enrollment token and
-   start ``R`` rounds (``repeat``) of ``N`` devices with the profile's local configuration;
+   start ``R`` rounds (``repeat``) of ``N`` devices with the product's default round
+   (:data:`fedfr.train.methods.PRODUCT_ROUND`, chosen by the fair protocol) over the
+   profile's local configuration;
 3. run ``N`` devices, each a chain of ``device_sdk`` commands, every one its own OS process
    talking HTTP to the server: ``register`` (the devices one after the other, so that device
    ids — and the seeds derived from them — follow the synthetic devices' order), then, all
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,13 +162,6 @@ def run_device(home: Path, split, *, server: str, token: str, rounds: int, bundl
 
 
 # ------------------------------------------------------------------------- the demo
-def _round_config(local) -> dict:
-    from fedfr.train.methods import ROUND_SETTABLE
-
-    d = asdict(local)
-    return {"method": "fedfr", "local": {k: d[k] for k in ROUND_SETTABLE}}
-
-
 def _metrics(ds, embed, device_embed=None) -> dict:
     from fedfr.evaluation import evaluate_dataset, summarize
 
@@ -177,9 +172,10 @@ def _metrics(ds, embed, device_embed=None) -> dict:
             "per_device": {r["device"]: summarize(r) for r in report["devices"]["per_device"]}}
 
 
-def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = None,
-             profile: str = "tiny", pretrain_epochs: int | None = None, seed: int = 0,
-             device: str = "cpu", progress: bool = True, timeout: float = 1800.0) -> dict:
+def run_demo(workdir: Path, *, devices: int | None = 4, rounds: int | None = 2,
+             profile: str = "fair", pretrain_epochs: int | None = None, seed: int = 0,
+             device: str = "cpu", progress: bool = True, timeout: float = 1800.0,
+             pack_per_class: int | None = 3) -> dict:
     """Run the demo (module doc); returns the report also written to ``workdir/report.json``."""
     from aggregator.client import AdminClient
     from export.bundle import Bundle
@@ -187,6 +183,8 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
     from fedfr.fl import GlobalModel
     from fedfr.io import write_json_atomic
     from fedfr.sim.runner import SimConfig, prepare_seed
+    from fedfr.train.local import PublicPack
+    from fedfr.train.methods import product_round_config
     from fedfr.train.recognizer import generic_embedder
 
     def say(msg: str) -> None:
@@ -205,7 +203,7 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
     setup = prepare_seed(sim, seed)
     timings["prepare_s"] = time.perf_counter() - t0
     files_ds = SyntheticDataset.load(workdir / "data" / f"{profile}-seed{seed}")
-    n = len(files_ds.devices) if devices is None else int(devices)
+    n = len(files_ds.devices) if devices is None else min(int(devices), len(files_ds.devices))
     if not 1 <= n <= len(files_ds.devices):
         raise DemoError(f"--devices must be 1..{len(files_ds.devices)} for profile "
                         f"{profile!r}, got {n}")
@@ -217,7 +215,20 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
     # The generic model as the aggregator's version 1.
     generic_path = workdir / "generic-v1.safetensors"
     setup.model.save(generic_path)
-    pack_path = setup.pack.save(workdir / "public-pack.safetensors")
+    # The devices' pack: `pack_per_class` public images per identity (every device downloads
+    # it and embeds it every round; the harness's pack may hold every public image).
+    pack = setup.pack
+    if pack_per_class is not None:
+        pack = PublicPack.from_images(setup.dataset.public.load(), setup.dataset.public.labels,
+                                      per_class=pack_per_class, seed=seed)
+    pack_path = pack.save(workdir / "public-pack.safetensors")
+    # The server's validation set: identities of the eval_devices split (nobody trains on
+    # them, and they are not the ones the table's generic columns are measured on).
+    from fedfr.fl.wire import save_validation_set
+
+    val = setup.dataset.eval_devices.images
+    val_path = save_validation_set(workdir / "validation.safetensors", val.load(), val.labels,
+                                   metadata={"source": f"{profile} seed {seed} eval_devices"})
     server_dir = workdir / "server"
     shutil.rmtree(server_dir, ignore_errors=True)
     for d in ("devices", "bundles"):
@@ -226,14 +237,17 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
     with AggregatorProcess(server_dir) as srv, AdminClient(srv.url, srv.token) as admin:
         say(f"aggregator on {srv.url} (SQLite + files in {server_dir})")
         pack = admin.upload_public_pack(pack_path)
-        v1 = admin.publish_model(generic_path, public_pack=pack["sha256"])
+        val_sha = admin.upload_validation_set(val_path)["sha256"]
+        v1 = admin.publish_model(generic_path, public_pack=pack["sha256"],
+                                 validation_set=val_sha)
         enroll_token = admin.enrollment_token(label="demo", max_uses=n)["enrollment_token"]
-        config = _round_config(sim.local_config())
+        config = product_round_config(sim.local_config())
         first = admin.start_round({"target": n, "min_devices": n, "over_selection": 1.0,
                                    "deadline_seconds": timeout, "config": config,
                                    "repeat": rounds})
         say(f"published model v{v1['version']} + public pack ({pack['size'] / 1e6:.1f} MB); "
-            f"{rounds} round(s) of {n} devices, method fedfr")
+            f"{rounds} round(s) of {n} devices, method {config['method']} "
+            f"(lr {config['local']['lr']}, BatchNorm {config['local']['bn_policy']})")
 
         # The devices: one thread per device drives its own device_sdk processes.
         threads = max(1, (os.cpu_count() or 1) // n)
@@ -310,7 +324,8 @@ def run_demo(workdir: Path, *, devices: int | None = None, rounds: int | None = 
         "profile": profile, "seed": seed, "devices": n, "rounds": rounds,
         "arch": setup.model.arch, "round_config": config,
         "model_versions": [{k: m.get(k) for k in ("version", "parent_version", "round_id",
-                                                     "sha256", "size")} for m in models],
+                                                     "sha256", "size", "status", "validation")}
+                           for m in models],
         "rounds_run": [{k: r.get(k) for k in ("id", "status", "base_version",
                                               "result_version", "stats")} for r in all_rounds],
         "metrics": {"pretrained": before, "after_fl": after},
@@ -331,7 +346,9 @@ def format_table(report: dict) -> str:
     last = report["model_versions"][-1]["version"] if report["model_versions"] else "?"
     lines = [
         f"FedFR end to end — profile '{report['profile']}', {report['arch']}, "
-        f"{report['devices']} device processes, {report['rounds']} round(s) over HTTP",
+        f"{report['devices']} device processes, {report['rounds']} round(s) over HTTP, "
+        f"method {report['round_config']['method']} (lr {report['round_config']['local']['lr']}"
+        f", BatchNorm {report['round_config']['local']['bn_policy']})",
         "",
         "                       generic (evaluation identities)    personalized (mean over "
         "devices)",
@@ -344,6 +361,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{label:<22} {_f(g.get('tar@far=1e-03'))}    {_f(g.get('tar@far=1e-02'))}"
                      f"    {_f(g.get('rank1'))}           {_f(p.get('tar@far=1e-02'))}    "
                      f"{_f(p.get('tar@far=1e-01'))}    {_f(p.get('dir@fpir=1e-01'))}")
+    vals = [f"v{v['version']} {_f((v.get('validation') or {}).get('tar_at_far', {}).get('1e-02'))}"
+            for v in report["model_versions"]]
+    lines += ["", "server's validation set (held-out identities), TAR@1e-2 per version: "
+              + ", ".join(vals)]
     lines += ["", "device      rounds  sent (MB)  of which updates  received (MB)  "
               "verify (genuine)      identify (stranger)"]
     for name, d in report["per_device"].items():
@@ -365,11 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="FedFR end to end: aggregator + N device "
                                 "processes over HTTP, R rounds, export, verify, metrics.")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--devices", type=int, default=None,
-                   help="device processes (default: every device of the profile)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds (default: the profile's, 2 for tiny)")
-    p.add_argument("--profile", default="tiny", help="tiny (default), small, paper")
+    p.add_argument("--devices", type=int, default=4,
+                   help="device processes (default 4; at most the profile's devices)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
+    p.add_argument("--profile", default="fair",
+                   help="fair (default: a generic model pretrained 20 epochs on 6,000 public "
+                        "images), tiny (a smoke run), small, paper")
+    p.add_argument("--pack-per-class", type=int, default=3,
+                   help="public images per identity in the devices' pack (default 3)")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="pretraining epochs (default: the profile's)")
     p.add_argument("--seed", type=int, default=0)
@@ -387,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_demo(args.workdir, devices=args.devices, rounds=args.rounds,
                           profile=args.profile, pretrain_epochs=args.pretrain_epochs,
                           seed=args.seed, device=args.device, progress=not args.quiet,
-                          timeout=args.timeout)
+                          timeout=args.timeout, pack_per_class=args.pack_per_class)
     except (DemoError, ValueError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 1

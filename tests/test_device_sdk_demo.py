@@ -22,14 +22,20 @@ def test_shortened_demo_end_to_end(tmp_path):
     from fedfr.fl import GlobalModel
 
     work = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "device_sdk.demo", "--workdir", str(work), "--devices", "2",
-           "--rounds", "1", "--pretrain-epochs", "3", "--quiet"]
+    cmd = [sys.executable, "-m", "device_sdk.demo", "--workdir", str(work), "--profile", "tiny",
+           "--devices", "2", "--rounds", "1", "--pretrain-epochs", "3", "--quiet"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert p.returncode == 0, p.stderr[-4000:]
     assert "FedFR end to end" in p.stdout and "after FL (v2)" in p.stdout
 
     report = json.loads((work / "report.json").read_text())
+    # the rounds ran the product's default, as the fair protocol chose it
+    from fedfr.train.methods import PRODUCT_ROUND
+
+    assert report["round_config"]["method"] == PRODUCT_ROUND["method"]
+    for k, v in PRODUCT_ROUND["local"].items():
+        assert report["round_config"]["local"][k] == v
     # one round of 2 devices: the pretrained version 1, then the aggregated version 2
     assert [m["version"] for m in report["model_versions"]] == [1, 2]
     assert report["model_versions"][1]["round_id"] == report["rounds_run"][0]["id"]

@@ -4,6 +4,8 @@ small case."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,28 @@ def test_lr_decays_at_three_quarters_by_default(model, data, pack, cfg):
     tr.run()
     assert len(lrs) == 12  # 6 steps per epoch x 2 epochs
     assert lrs[:9] == [cfg.lr] * 9 and lrs[9:] == [pytest.approx(cfg.lr * 0.1)] * 3
+
+
+# --------------------------------------------------------------------------- public replay
+
+
+def test_uncapped_mining_keeps_every_public_image_above_the_threshold():
+    from fedfr.train.local import mine_hard_negatives
+
+    local = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)
+    # best cosine to a local feature: 0.9, 0.41, 0.39, 0.6 (second local), 0.0 (second local)
+    cand = torch.tensor([[0.9, 0.0, math.sqrt(1 - 0.81)],
+                         [0.41, 0.0, math.sqrt(1 - 0.41 ** 2)],
+                         [0.39, 0.0, math.sqrt(1 - 0.39 ** 2)],
+                         [0.0, 0.6, 0.8],
+                         [-1.0, 0.0, 0.0]])
+    assert mine_hard_negatives(local, cand, 0.4).tolist() == [0, 1, 3]
+    assert mine_hard_negatives(local, cand, 0.4, max_count=2).tolist() == [0, 3]  # the hardest
+    assert mine_hard_negatives(local, cand, 0.0).tolist() == [0, 1, 2, 3]  # > 0, not >=
+
+
+def test_pack_of_every_public_image():
+    images = np.zeros((10, 4, 4, 3), np.uint8)
+    labels = np.repeat(np.arange(5), 2)
+    assert len(PublicPack.from_images(images, labels, per_class=None).labels) == 10
+    assert len(PublicPack.from_images(images, labels, per_class=1).labels) == 5

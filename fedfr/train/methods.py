@@ -91,6 +91,21 @@ def get_method(name: str) -> MethodSpec:
     return lookup(METHODS, name, "method")
 
 
+#: The product's default round: the method and local settings the fair protocol selected
+#: (docs/RESULTS.md, "The fair protocol"); the demo starts its rounds with it. Fields it does
+#: not name come from the data profile's local configuration (epochs, batch, cap).
+PRODUCT_ROUND = {"method": "fedfr", "local": {"lr": 0.01, "bn_policy": "frozen"}}
+
+
+def product_round_config(base: LocalConfig) -> dict:
+    """The round ``config`` JSON of :data:`PRODUCT_ROUND` over ``base``'s settable fields."""
+    from dataclasses import asdict
+
+    d = {**{k: v for k, v in asdict(base).items() if k in ROUND_SETTABLE},
+         **PRODUCT_ROUND["local"]}
+    return {"method": PRODUCT_ROUND["method"], "local": d}
+
+
 #: LocalConfig fields a round's config may set: the scalars, except ``device`` and ``seed``
 #: (each device's own) and ``public``/``prox_mu`` (set by the method and ``prox_mu``).
 ROUND_SETTABLE = tuple(f.name for f in fields(LocalConfig)
