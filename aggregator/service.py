@@ -255,14 +255,7 @@ class Service:
                 raise bad_request("evaluation_failed", f"the model could not be evaluated on "
                                   f"the validation set: {e}") from None
         if validation_set is not None:
-            if validation_set_sha is not None:
-                val_sha, val_size = validation_set_sha, self.blobs.size(validation_set_sha)
-            else:
-                import shutil
-
-                tmp = self.blobs.staging()
-                shutil.copyfile(validation_set, tmp)
-                val_sha, val_size = self.blobs.put_file(tmp)
+            val_sha, val_size = self._keep_blob(validation_set, validation_set_sha)
         pack_sha = pack_size = None
         if public_pack_sha is not None:
             if not self.blobs.exists(public_pack_sha):
@@ -282,14 +275,7 @@ class Service:
                 raise bad_request("invalid_public_pack", f"public pack labels reach row "
                                   f"{int(labels.max())} but the model has "
                                   f"{model.public_embeddings.shape[0]} public classes")
-            if public_pack_sha is not None:
-                pack_sha, pack_size = public_pack_sha, self.blobs.size(public_pack_sha)
-            else:
-                import shutil
-
-                tmp = self.blobs.staging()
-                shutil.copyfile(public_pack, tmp)
-                pack_sha, pack_size = self.blobs.put_file(tmp)
+            pack_sha, pack_size = self._keep_blob(public_pack, public_pack_sha)
         if public_pack is None and parent is not None:
             pack_sha, pack_size = parent.public_pack_sha, parent.public_pack_size
         with self.sessions.begin() as s:
@@ -300,6 +286,17 @@ class Service:
             out = version_json(row)
         self.bump("fedfr_model_versions_published_total")
         return out
+
+    def _keep_blob(self, path: Path, sha: str | None) -> tuple[str, int]:
+        """``(sha256, size)`` of a file in the blob store: the stored blob ``sha`` as is, else
+        a copy of ``path`` put into the store."""
+        if sha is not None:
+            return sha, self.blobs.size(sha)
+        import shutil
+
+        tmp = self.blobs.staging()
+        shutil.copyfile(path, tmp)
+        return self.blobs.put_file(tmp)
 
     @staticmethod
     def _read_validation_set(path: Path) -> ValidationSet:

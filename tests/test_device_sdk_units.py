@@ -130,17 +130,7 @@ ARCH, D, PUBLIC_CLASSES = "mbf_tiny", 128, 6
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(one_thread):
+def tiny(one_torch_thread):
     """A random mbf_tiny global model, a 3-identity device (4 crops each), a public pack."""
     import torch
 

@@ -60,13 +60,8 @@ def _softplus(x: float) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the toy rounds are tiny, and on a loaded 2-core machine spinning
-    OpenMP workers make them many times slower. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs toy rounds on one thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,8 @@ D = 128
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs toy rounds on one thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
