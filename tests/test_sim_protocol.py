@@ -140,7 +140,7 @@ def protocol_run(tmp_path_factory):
         [sys.executable, "-m", "fedfr", "simulate", "--profile", "tiny", "--methods",
          "pretrained,fedavg,fedfr,public_more,centralized", "--rounds", "1", "--seeds", "0",
          "--pretrain-epochs", "1", "--device", "cpu", "--select", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900)
+        capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
 

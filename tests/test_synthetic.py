@@ -168,9 +168,9 @@ def test_unknown_profile_lists_choices():
     with pytest.raises(UnknownNameError) as e:
         get_profile("huge")
     assert isinstance(e.value, KeyError)
-    for name in ("tiny", "small", "paper"):
+    for name in ("tiny", "small", "paper", "fair"):
         assert name in str(e.value)
-    assert set(available_profiles()) == {"tiny", "small", "paper"}
+    assert set(available_profiles()) == {"tiny", "small", "paper", "fair"}
 
 
 def test_profile_sizes_and_roundtrip():
