@@ -237,10 +237,8 @@ class Service:
                 raise not_found("unknown_model_version", f"no model version {parent_version}")
         val_sha = val_size = None
         if validation_set_sha is not None:
-            if not self.blobs.exists(validation_set_sha):
-                raise bad_request("unknown_validation_set", f"no uploaded validation set "
-                                  f"{validation_set_sha}: POST it to /v1/admin/validation-sets")
-            validation_set = self.blobs.path(validation_set_sha)
+            validation_set = self._uploaded(validation_set_sha, "validation set",
+                                            "validation-sets")
         val = None
         if validation_set is not None:
             val = self._read_validation_set(validation_set)
@@ -258,10 +256,7 @@ class Service:
             val_sha, val_size = self._keep_blob(validation_set, validation_set_sha)
         pack_sha = pack_size = None
         if public_pack_sha is not None:
-            if not self.blobs.exists(public_pack_sha):
-                raise bad_request("unknown_public_pack", f"no uploaded public pack "
-                                  f"{public_pack_sha}: POST it to /v1/admin/public-packs")
-            public_pack = self.blobs.path(public_pack_sha)
+            public_pack = self._uploaded(public_pack_sha, "public pack", "public-packs")
         if public_pack is not None:
             try:
                 kind, _, labels, _ = load_public_pack(public_pack)
@@ -286,6 +281,14 @@ class Service:
             out = version_json(row)
         self.bump("fedfr_model_versions_published_total")
         return out
+
+    def _uploaded(self, sha: str, what: str, endpoint: str) -> Path:
+        """The path of an uploaded blob (``what``: "public pack", "validation set"), or a 400
+        ``unknown_<what>`` naming the endpoint to POST it to."""
+        if not self.blobs.exists(sha):
+            raise bad_request(f"unknown_{what.replace(' ', '_')}", f"no uploaded {what} {sha}: "
+                              f"POST it to /v1/admin/{endpoint}")
+        return self.blobs.path(sha)
 
     def _keep_blob(self, path: Path, sha: str | None) -> tuple[str, int]:
         """``(sha256, size)`` of a file in the blob store: the stored blob ``sha`` as is, else

@@ -202,7 +202,7 @@ def run_demo(workdir: Path, *, devices: int | None = 4, rounds: int | None = 2,
         f"({sim.sim_profile.arch}); reused when present")
     setup = prepare_seed(sim, seed)
     timings["prepare_s"] = time.perf_counter() - t0
-    files_ds = SyntheticDataset.load(workdir / "data" / f"{profile}-seed{seed}")
+    files_ds = SyntheticDataset.load(workdir / "data" / f"{sim.data_tag}-seed{seed}")
     n = len(files_ds.devices) if devices is None else min(int(devices), len(files_ds.devices))
     if not 1 <= n <= len(files_ds.devices):
         raise DemoError(f"--devices must be 1..{len(files_ds.devices)} for profile "

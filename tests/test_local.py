@@ -59,9 +59,8 @@ def _softplus(x: float) -> float:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread(one_torch_thread):
-    """Every test here runs toy rounds on one thread (conftest.one_torch_thread)."""
+# Every test here runs toy rounds on one thread (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

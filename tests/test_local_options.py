@@ -29,9 +29,8 @@ ARCH = "mbf_tiny"
 D = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread(one_torch_thread):
-    """Every test here runs toy rounds on one thread (conftest.one_torch_thread)."""
+# Every test here runs toy rounds on one thread (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
