@@ -316,6 +316,7 @@ class Service:
 
         rep = evaluate_model_on_validation(model, val.images, val.labels,
                                            device=self.settings.evaluation_device,
+                                           batch_size=self.settings.evaluation_batch_size,
                                            progress=progress)
         return _finite(rep)
 

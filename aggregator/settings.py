@@ -37,6 +37,8 @@ class Settings:
             own (``max_regression`` when it starts); this is the default it gets.
         evaluation_device: torch device the validation set is embedded on (``cpu``,
             ``cuda``, ``cuda:1``).
+        evaluation_batch_size: images per forward pass when evaluating (bounds the memory
+            evaluation takes; the lease is renewed between batches).
     """
 
     data_dir: Path
@@ -52,6 +54,7 @@ class Settings:
     publish_metric: str = "tar@far=1e-02"
     publish_max_regression: float | None = None
     evaluation_device: str = "cpu"
+    evaluation_batch_size: int = 128
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -65,6 +68,8 @@ class Settings:
         for name in ("sweep_interval", "aggregation_lease"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds")
+        if self.evaluation_batch_size < 1:
+            raise ValueError("evaluation_batch_size must be >= 1")
         if self.checkin_retry_after < 1:
             raise ValueError("checkin_retry_after must be >= 1 second")
 

@@ -364,6 +364,8 @@ def test_settings_defaults_and_paths(tmp_path):
      "max_update_norm_ratio must be > 0"),
     ({"FEDFR_DATA_DIR": "d", "FEDFR_MAX_UPDATE_NORM_RATIO": "nan"},
      "max_update_norm_ratio must be > 0"),
+    ({"FEDFR_DATA_DIR": "d", "FEDFR_EVALUATION_BATCH_SIZE": "0"},
+     "evaluation_batch_size must be >= 1"),
 ])
 def test_settings_bad_values(env, words):
     with pytest.raises(ValueError) as e:

@@ -498,8 +498,13 @@ def test_sigkill_during_evaluation_is_redone_and_publishes_once(artifacts, tmp_p
     import time
 
     ckpt, _, _ = artifacts
+    # evaluation must outlast several renewals (every lease / 3 = 0.4 s): 600 images in
+    # batches of 2 take ~2 s here (batches of 128: ~1 s, and CI once finished before the first
+    # renewal was seen); 300 renewal points, each batch far below the lease. 600 images keep
+    # the impostor pairs under the cap, so independent_metrics sees the same pairs.
     val = make_validation_set(tmp_path / "big.safetensors", identities=60, per=10, seed=3)
-    srv = Server(tmp_path / "data", env={"FEDFR_AGGREGATION_LEASE": "1.5"}).start()
+    srv = Server(tmp_path / "data", env={"FEDFR_AGGREGATION_LEASE": "1.2",
+                                         "FEDFR_EVALUATION_BATCH_SIZE": "2"}).start()
     db = tmp_path / "data" / "aggregator.db"
 
     def row() -> dict:
