@@ -50,7 +50,14 @@ fi
 stamp=.venv/.fedfr-setup
 want=$(cat pyproject.toml android_demo/package-lock.json scripts/setup.sh | sha256sum \
   | cut -d' ' -f1)
+# Real photos for the face-detection tests (not committed): two sdists' sample images and
+# scikit-image's, extracted into .cache/real_photos/ (fedfr/data/realphotos.py; idempotent).
+real_photos() {
+  .venv/bin/python -m fedfr.data.realphotos fetch \
+    || echo "[setup] warning: real photos not fetched; their tests will skip" >&2
+}
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  real_photos
   exit 0
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
@@ -64,4 +71,5 @@ else
 fi
 "${pip[@]}" install -e ".[all]"
 echo "$want" > "$stamp"
+real_photos
 echo "[setup] done: $(.venv/bin/python -c 'import torch, fedfr; print("fedfr", fedfr.__version__, "torch", torch.__version__)')"
