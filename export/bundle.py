@@ -67,36 +67,189 @@ def make_templates(embeddings: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
-def calibrate_threshold(embeddings: np.ndarray, labels: np.ndarray, far: float) -> dict:
-    """The cosine threshold at ``far`` on every impostor pair of ``embeddings`` (pairs with
-    different labels), with what it was computed from.
+#: Default floor of the TAR (or its estimate) at a calibrated threshold: below it the bundle
+#: is refused unless forced. At 0.5 a genuine user already fails every other attempt, so a
+#: bundle under it is unusable for unlock; the estimate from augmented views of the enrolled
+#: photos is easier than real photos, so a threshold failing it fails real users worse.
+DEFAULT_MIN_TAR = 0.5
+#: Cohort images scored against each other only for the report's "excluded" diagnostic.
+_MAX_DIAGNOSTIC_COHORT = 4000
+GENUINE_ESTIMATE_SOURCE = ("augmented views of the enrolled images (horizontal flip, small "
+                           "shifted and zoomed crops) against their own identity's template: "
+                           "an estimate, not pairs of different photos")
+CALIBRATION_RULE = ("the smallest threshold at which the FAR of every impostor source, taken "
+                    "separately, is <= far_target (a large cohort cannot swamp the device's "
+                    "own pairs; a source with fewer than 1/far_target pairs then allows no "
+                    "false accept); cohort-vs-cohort pairs are not used")
+
+
+class CalibrationError(BundleError):
+    """The calibrated threshold fails a guard (TAR floor, enrolled self-scores); ``report``
+    holds the calibration statistics."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _impostor_source(scores: np.ndarray, far: float) -> dict:
+    from fedfr.metrics import impostor_threshold
+
+    s = np.asarray(scores, np.float64)
+    return {"pairs": int(s.size), "threshold_alone": float(impostor_threshold(s, far)),
+            "max_score": float(s.max()), "resolvable": bool(far * s.size >= 1.0)}
+
+
+def calibrate_threshold(embeddings: np.ndarray, labels: np.ndarray, far: float, *,
+                        groups: np.ndarray | None = None, cohort: np.ndarray | None = None,
+                        cohort_labels: np.ndarray | None = None, cohort_name: str = "cohort",
+                        genuine_estimate: np.ndarray | None = None) -> dict:
+    """The cosine threshold at ``far`` on impostor pairs of the device's images, and of those
+    images against a cohort of other people, with what it was computed from.
+
+    Impostor sources: each group of ``embeddings`` (``groups``, default one group
+    ``"device"``): pairs within the group with different labels; ``cohort_name``: every
+    image of ``embeddings`` against every ``cohort`` row. Cohort-vs-cohort pairs are never
+    used (a cohort from another domain, e.g. synthetic faces, scores its own people much
+    higher or lower than the device's; measured alone in ``"excluded"``). The threshold is
+    the largest of the per-source :func:`fedfr.metrics.impostor_threshold` values
+    (:data:`CALIBRATION_RULE`). Genuine pairs: pairs within a group with the same label; with
+    none the TAR is ``None`` (unknown), never a made-up number. ``genuine_estimate``: scores
+    of augmented views of enrolled images against their template
+    (:data:`GENUINE_ESTIMATE_SOURCE`), reported separately as an estimate.
 
     Returns:
-        ``{"threshold", "far_target", "far_measured", "tar", "impostor_pairs",
-        "genuine_pairs"}``; accept when ``score >= threshold``.
+        ``{"threshold", "far_target", "far_measured", "rule", "impostor_pairs",
+        "impostor_sources": {name: {"pairs", "far_measured", "threshold_alone", "max_score",
+        "resolvable"}}, "genuine_pairs", "tar", ["tar_note"], ["genuine_estimate": {"source",
+        "pairs", "tar", "min_score"}], ["excluded"]}``; accept when ``score >= threshold``.
 
     Raises:
-        ValueError: fewer than two identities (no impostor pair), or a FAR outside (0, 1).
+        ValueError: no impostor pair (one identity and no cohort), or a FAR outside (0, 1).
     """
-    from fedfr.metrics import threshold_at_far
-
     if not 0 < far < 1:
         raise ValueError(f"far must be in (0, 1), got {far}")
     e = l2n(embeddings)
     labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("threshold calibration needs held-out images of at least two "
-                         "identities (impostor pairs)")
-    iu = np.triu_indices(len(e), k=1)
-    scores = (e @ e.T)[iu]
-    same = (labels[:, None] == labels[None, :])[iu]
-    t = float(threshold_at_far(scores, same.astype(np.int64), far))
-    imp = scores[~same]
-    gen = scores[same]
-    return {"threshold": t, "far_target": float(far),
-            "far_measured": float(np.mean(imp >= t)),
-            "tar": float(np.mean(gen >= t)) if gen.size else None,
-            "impostor_pairs": int(imp.size), "genuine_pairs": int(gen.size)}
+    groups = np.full(len(e), "device") if groups is None else np.asarray(groups).astype(str)
+    sources: dict[str, np.ndarray] = {}
+    genuine = []
+    if len(e) > 1:
+        iu = np.triu_indices(len(e), k=1)
+        scores = (e @ e.T)[iu].astype(np.float64)  # thresholds are float64: compare alike
+        same_group = groups[iu[0]] == groups[iu[1]]
+        same = (labels[iu[0]] == labels[iu[1]]) & same_group
+        genuine.append(scores[same])
+        for g in dict.fromkeys(groups.tolist()):
+            sel = same_group & ~same & (groups[iu[0]] == g)
+            if sel.any():
+                sources[g] = scores[sel]
+    if cohort is not None and len(cohort):
+        c = l2n(cohort)
+        sources[cohort_name] = (e @ c.T).ravel().astype(np.float64)
+    if not sources:
+        raise ValueError("threshold calibration needs impostor pairs: images of at least two "
+                         "identities, or a cohort of other people's images")
+    per = {name: _impostor_source(s, far) for name, s in sources.items()}
+    t = max(p["threshold_alone"] for p in per.values())
+    for name, s in sources.items():
+        per[name]["far_measured"] = float(np.mean(s >= t))
+    imp = np.concatenate(list(sources.values()))
+    gen = np.concatenate(genuine) if genuine else np.zeros(0)
+    rep: dict = {"threshold": float(t), "far_target": float(far),
+                 "far_measured": float(np.mean(imp >= t)), "rule": CALIBRATION_RULE,
+                 "impostor_pairs": int(imp.size), "impostor_sources": per,
+                 "genuine_pairs": int(gen.size),
+                 "tar": float(np.mean(gen >= t)) if gen.size else None}
+    if not gen.size:
+        rep["tar_note"] = ("unknown: no identity has two images among those calibrated on "
+                           "(one photo per person gives no genuine pair)")
+    if genuine_estimate is not None and len(genuine_estimate):
+        g = np.asarray(genuine_estimate, np.float64)
+        rep["genuine_estimate"] = {"source": GENUINE_ESTIMATE_SOURCE, "pairs": int(g.size),
+                                   "tar": float(np.mean(g >= t)), "min_score": float(g.min())}
+    if (cohort is not None and cohort_labels is not None
+            and 1 < len(cohort) <= _MAX_DIAGNOSTIC_COHORT):
+        cl = np.asarray(cohort_labels)
+        iu = np.triu_indices(len(cohort), k=1)
+        cc = (c @ c.T)[iu][cl[iu[0]] != cl[iu[1]]]
+        if cc.size:
+            rep["excluded"] = {f"{cohort_name} vs {cohort_name}": _impostor_source(cc, far)}
+    return rep
+
+
+def augmented_views(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Six views of every uint8 (N, 112, 112, 3) crop — horizontal flip, a centre zoom and
+    four corner-shifted crops (8 px), each resized back like :func:`export.preprocess.to_crop`
+    — and the index of the crop each view comes from. They stand in for the re-alignment
+    jitter of a new photo of the same person (:data:`GENUINE_ESTIMATE_SOURCE`)."""
+    crops = np.asarray(crops)
+    views, src = [], []
+    m = crops.shape[1] // 14  # 8 px of 112
+    n = crops.shape[1] - m
+    for i, c in enumerate(crops):
+        z = crops.shape[1] - m // 2
+        for v in (c[:, ::-1], c[m // 2:z, m // 2:z], c[:n, :n], c[:n, m:], c[m:, :n],
+                  c[m:, m:]):
+            views.append(to_crop(np.ascontiguousarray(v)))
+            src.append(i)
+    return np.stack(views), np.asarray(src, np.int64)
+
+
+def calibration_problems(cal: dict, min_tar: float) -> list[str]:
+    """What is wrong with a calibration for a bundle to be usable: the TAR (or, with no
+    genuine pair, its estimate) below ``min_tar``, an enrolled image its own template
+    rejects (``cal["self_scores"]``)."""
+    t = cal["threshold"]
+    out = []
+    if cal.get("tar") is not None:
+        if cal["tar"] < min_tar:
+            out.append(f"TAR {cal['tar']:.3f} on {cal['genuine_pairs']} genuine pairs at "
+                       f"threshold {t:.4f} is below the floor {min_tar:g}")
+    elif cal.get("genuine_estimate") and cal["genuine_estimate"]["tar"] < min_tar:
+        g = cal["genuine_estimate"]
+        out.append(f"TAR is unknown (no genuine pair) and its estimate from {g['pairs']} "
+                   f"augmented views of the enrolled images is {g['tar']:.3f} at threshold "
+                   f"{t:.4f} (lowest view score {g['min_score']:.4f}), below the floor "
+                   f"{min_tar:g}")
+    ss = cal.get("self_scores")
+    if ss and ss["min"] < t:
+        low = ", ".join(f"{n!r} {s:.4f}" for n, s in ss["below_threshold"].items())
+        out.append(f"threshold {t:.4f} rejects enrolled images against their own identity's "
+                   f"template (lowest self-score per identity: {low})")
+    return out
+
+
+def format_calibration(cal: dict) -> str:
+    """The calibration report as lines of text, for the command lines."""
+    t = cal["threshold"]
+    if cal.get("source") == "given":
+        lines = [f"threshold {t:.4f} (given, not calibrated)"]
+    else:
+        lines = [f"threshold {t:.4f} at FAR {cal['far_target']:g} (measured "
+                 f"{cal['far_measured']:.2e} on {cal['impostor_pairs']} impostor pairs)"]
+        srcs = [f"{n} {s['pairs']} (max score {s['max_score']:.4f}, FAR {s['far_measured']:.2e}"
+                f"{'' if s['resolvable'] else ', too few pairs to resolve the target'})"
+                for n, s in cal["impostor_sources"].items()]
+        lines.append("  impostor pairs by source: " + "; ".join(srcs))
+        for n, s in cal.get("excluded", {}).items():
+            lines.append(f"  not used: {n} {s['pairs']} pairs (alone they would give "
+                         f"threshold {s['threshold_alone']:.4f})")
+    if cal.get("tar") is not None:
+        lines.append(f"  TAR {cal['tar']:.3f} on {cal['genuine_pairs']} genuine pairs")
+    elif "genuine_pairs" in cal:
+        lines.append(f"  genuine pairs: {cal['genuine_pairs']}, TAR unknown")
+    if cal.get("genuine_estimate"):
+        g = cal["genuine_estimate"]
+        lines.append(f"  TAR estimate {g['tar']:.3f} from {g['pairs']} augmented views of the "
+                     f"enrolled images (flip, shifted/zoomed crops; lowest score "
+                     f"{g['min_score']:.4f}) — an estimate, not real genuine pairs")
+    if cal.get("self_scores"):
+        ss = cal["self_scores"]
+        lines.append(f"  enrolled self-scores: lowest {ss['min']:.4f} ({ss['min_identity']!r})")
+    for w in cal.get("warnings", []):
+        lines.append(f"  WARNING (forced): {w}")
+    return "\n".join(lines)
 
 
 def _stamp_threshold(src: Path, dst: Path, threshold: float) -> None:
@@ -360,8 +513,10 @@ def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
                   enrolled: Mapping[str, np.ndarray], heldout: np.ndarray | None = None,
                   heldout_labels: np.ndarray | None = None, far_target: float = 1e-3,
                   threshold: float | None = None, int8: bool = False,
-                  calibration: np.ndarray | None = None, make_zip: bool = False
-                  ) -> tuple[Path, dict]:
+                  calibration: np.ndarray | None = None, make_zip: bool = False,
+                  cohort: np.ndarray | None = None, cohort_labels: np.ndarray | None = None,
+                  cohort_name: str = "cohort", min_tar: float = DEFAULT_MIN_TAR,
+                  force: bool = False) -> tuple[Path, dict]:
     """A bundle from an exported fp32 model and the device's own images.
 
     Args:
@@ -369,15 +524,28 @@ def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
         model: the fp32 ONNX recognizer (:func:`export.onnx_export.export_personalized`).
         enrolled: ``{name: uint8 (n, H, W, 3) RGB crops}`` — the templates are computed with
             ``model`` itself, so they match what the bundle runs.
-        heldout, heldout_labels: the device's held-out crops and their identity labels; the
-            threshold is calibrated at ``far_target`` on their impostor pairs.
-        threshold: use this threshold instead of calibrating one.
+        heldout, heldout_labels: more crops of the device's people and their labels: names
+            (str) join the enrolled identities of that name; other labels (ints) form a
+            group of their own, paired only among themselves.
+        cohort, cohort_labels: crops of other people (e.g. the public pack), scored against
+            the device's images only (never against each other): ``cohort_name`` in the
+            report.
+        far_target: the threshold is calibrated at this FAR on the impostor pairs of the
+            enrolled images (different names), of the held-out images, and of both against
+            the cohort (:func:`calibrate_threshold`).
+        threshold: use this threshold instead of calibrating one (the guards still apply).
         int8: add a static QDQ int8 model calibrated on ``calibration`` (default: the
             enrolled and held-out crops — the device's own data).
+        min_tar, force: the guards. Unless ``force``, refuse (:class:`CalibrationError`,
+            nothing written) when the TAR at the threshold — or, with no genuine pair, its
+            estimate from augmented views of the enrolled images — is below ``min_tar``, or
+            when an enrolled image scores below the threshold against its own identity's
+            template. With ``force`` the problems are kept in ``calibration["warnings"]``.
 
     Returns:
-        ``(path, report)``: report has the calibration statistics, the model sizes and, with
-        ``int8``, the held-out TAR at ``far_target`` of fp32 and int8.
+        ``(path, report)``: report has the calibration statistics (also in bundle.json's
+        ``"calibration"``), the model sizes and, with ``int8``, the held-out TAR at
+        ``far_target`` of fp32 and int8.
     """
     from fedfr.metrics import tar_at_far
 
@@ -388,23 +556,57 @@ def create_bundle(out: str | os.PathLike[str], *, model: str | os.PathLike[str],
         raise ValueError("nobody to enroll: a bundle needs at least one identity")
     crops = {n: np.stack([to_crop(i) for i in np.asarray(v)]) for n, v in enrolled.items()}
     embed = _embedder(Path(model), mean, std)  # one session for every embedding below
-    templates = make_templates({n: embed(c) for n, c in crops.items()})
+    enrolled_emb = {n: l2n(embed(c)) for n, c in crops.items()}
+    templates = make_templates(enrolled_emb)
     report: dict = {"identities": len(templates)}
     held = held_emb = None
+    names = list(crops)
+    dev_emb = [enrolled_emb[n] for n in names]
+    dev_labels = [np.full(len(crops[n]), n, dtype=object) for n in names]
+    dev_groups = [np.full(len(crops[n]), "enrolled", dtype=object) for n in names]
     if heldout is not None and len(heldout):
         held = np.stack([to_crop(i) for i in np.asarray(heldout)])
         labels = np.asarray(heldout_labels)
         held_emb = embed(held)
+        named = labels.dtype.kind in "USO"
+        dev_emb.append(held_emb)
+        dev_labels.append(labels.astype(str).astype(object))
+        dev_groups.append(np.full(len(held), "enrolled" if named else "heldout", dtype=object))
+    # genuine estimate: augmented views of each enrolled image against its own template
+    all_crops = np.concatenate([crops[n] for n in names])
+    views, src = augmented_views(all_crops)
+    owner = np.concatenate(dev_labels[:len(names)])[src]
+    tmat = np.stack([templates[n] for n in owner])
+    estimate = np.sum(l2n(embed(views)) * tmat, axis=1)
+    cohort_emb = None
+    if cohort is not None and len(cohort):
+        cohort_emb = embed(np.stack([to_crop(i) for i in np.asarray(cohort)]))
     if threshold is None:
-        if held is None:
-            raise ValueError("no held-out images to calibrate the threshold on; pass "
-                             "threshold= or held-out images of at least two identities")
-        cal = calibrate_threshold(held_emb, labels, far_target)
+        cal = calibrate_threshold(np.concatenate(dev_emb), np.concatenate(dev_labels),
+                                  far_target, groups=np.concatenate(dev_groups),
+                                  cohort=cohort_emb, cohort_labels=cohort_labels,
+                                  cohort_name=cohort_name, genuine_estimate=estimate)
         threshold = cal["threshold"]
-        report["calibration"] = cal
     else:
-        report["calibration"] = {"threshold": float(threshold), "far_target": far_target,
-                                 "source": "given"}
+        cal = {"threshold": float(threshold), "far_target": far_target, "source": "given",
+               "genuine_estimate": {"source": GENUINE_ESTIMATE_SOURCE, "pairs": len(estimate),
+                                    "tar": float(np.mean(estimate >= threshold)),
+                                    "min_score": float(estimate.min())}}
+    self_min = {n: float(np.min(enrolled_emb[n] @ templates[n])) for n in names}
+    worst = min(self_min, key=self_min.get)
+    cal["self_scores"] = {"min": self_min[worst], "min_identity": worst,
+                          "below_threshold": {n: v for n, v in self_min.items()
+                                              if v < threshold}}
+    problems = calibration_problems(cal, min_tar)
+    if problems and not force:
+        raise CalibrationError(
+            "refusing to write the bundle: " + "; ".join(problems) + ". Enroll more photos "
+            "of each person (and train again), calibrate at a higher FAR, or write it anyway "
+            "with --force (force=True).\n" + format_calibration(cal), cal)
+    if problems:
+        cal["warnings"] = problems
+    cal["min_tar"] = float(min_tar)
+    report["calibration"] = cal
     int8_path = None
     with tempfile.TemporaryDirectory() as tmp:
         if int8:

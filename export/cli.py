@@ -1,7 +1,8 @@
 """``python -m export``: ONNX export, int8 quantization, verification bundles.
 
     python -m export onnx --backbone ARCH --weights FILE --out model.onnx [--int8 [--calib DIR]]
-    python -m export bundle --model model.onnx --enroll NAME=DIR ... --heldout DIR --out BUNDLE
+    python -m export bundle --model model.onnx --enroll NAME=DIR ... [--heldout DIR]
+                            [--cohort DIR] [--min-tar 0.5] [--force] --out BUNDLE
     python -m export verify BUNDLE IMAGE --as NAME
     python -m export identify BUNDLE IMAGE
     python -m export info FILE.onnx|BUNDLE
@@ -92,8 +93,21 @@ def _heldout(path: Path) -> tuple[list[Path], np.ndarray]:
     return files, np.asarray(labels)
 
 
+def _cohort(path: Path) -> tuple[list[Path], np.ndarray | None]:
+    """Images of other people: a folder of identity sub-folders (labels known), or of images."""
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        subs = sorted(p for p in path.iterdir() if p.is_dir())
+        files, labels = [], []
+        for k, sub in enumerate(subs):
+            f = _images_in(sub)
+            files += f
+            labels += [k] * len(f)
+        return files, np.asarray(labels)
+    return _images_in(path), None
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from export.bundle import create_bundle
+    from export.bundle import create_bundle, format_calibration
 
     enrolled = {}
     for spec in args.enroll:
@@ -101,17 +115,20 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         if not sep or not name:
             raise ValueError(f"--enroll {spec!r}: expected NAME=FOLDER_OR_IMAGE")
         enrolled[name] = _crops(_images_in(Path(folder)))
-    held = labels = None
+    held = labels = cohort = cohort_labels = None
     if args.heldout:
         files, labels = _heldout(Path(args.heldout))
         held = _crops(files)
+    if args.cohort:
+        files, cohort_labels = _cohort(Path(args.cohort))
+        cohort = _crops(files)
     path, report = create_bundle(args.out, model=args.model, enrolled=enrolled, heldout=held,
                                  heldout_labels=labels, far_target=args.far,
                                  threshold=args.threshold, int8=args.int8,
-                                 make_zip=args.zip)
-    cal = report["calibration"]
-    _out(args, report, f"wrote {path}: {len(enrolled)} identities, threshold "
-                       f"{cal['threshold']:.4f} at FAR {args.far:g}")
+                                 make_zip=args.zip, cohort=cohort, cohort_labels=cohort_labels,
+                                 min_tar=args.min_tar, force=args.force)
+    _out(args, report, f"wrote {path}: {len(enrolled)} identities\n"
+                       + format_calibration(report["calibration"]))
     return EXIT_OK
 
 
@@ -170,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True, help="fp32 ONNX from `onnx` or device_sdk")
     b.add_argument("--enroll", action="append", required=True, metavar="NAME=DIR",
                    help="an identity and its images (repeat)")
-    b.add_argument("--heldout", help="folder of identity sub-folders to calibrate on")
+    b.add_argument("--heldout", help="folder of identity sub-folders to calibrate on (a "
+                   "sub-folder named like an --enroll NAME is that person)")
+    b.add_argument("--cohort", help="images of other people (a folder, or identity "
+                   "sub-folders), scored against the enrolled and held-out images only")
+    b.add_argument("--min-tar", type=float, default=0.5, help="refuse (unless --force) when "
+                   "the TAR at the threshold, or its estimate from augmented views of the "
+                   "enrolled images when no person has two images, is below this "
+                   "(default 0.5)")
+    b.add_argument("--force", action="store_true", help="write the bundle even when the "
+                   "calibration fails a check (the warnings are kept in bundle.json)")
     b.add_argument("--far", type=float, default=1e-3, help="target FAR (default 1e-3)")
     b.add_argument("--threshold", type=float, help="use this threshold, no calibration")
     b.add_argument("--int8", action="store_true", help="add a static int8 model")

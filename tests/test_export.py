@@ -207,8 +207,9 @@ def test_templates_and_threshold_by_hand():
     # impostor scores: (0,2)=0, (0,3)=-1, (1,2)=.6, (1,3)=-.8, (2,3)=0; genuine (0,1)=.8
     cal = calibrate_threshold(emb, labels, far=0.25)
     assert cal["impostor_pairs"] == 5 and cal["genuine_pairs"] == 1
-    assert cal["far_measured"] <= 0.25 and cal["tar"] == 1.0
-    assert 0.6 < cal["threshold"] <= 0.8 + 1e-6
+    # the impostor quantile: one false accept of 5 allowed (the .6), the zeros rejected
+    assert cal["far_measured"] == pytest.approx(0.2) and cal["tar"] == 1.0
+    assert 0.0 < cal["threshold"] < 1e-6
     with pytest.raises(ValueError, match="two identities"):
         calibrate_threshold(emb[:2], labels[:2], far=0.1)
 
@@ -247,7 +248,7 @@ def bundle(exported, faces, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
     path, report = create_bundle(out, model=exported["personalized"], enrolled=enrolled,
                                  heldout=held, heldout_labels=labels, far_target=0.1,
-                                 int8=True, make_zip=True)
+                                 int8=True, make_zip=True, force=True)  # random weights
     return out, path, report
 
 
@@ -348,7 +349,8 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
     b = tmp_path / "bundle"
     r = run("bundle", "--model", str(exported["personalized"]), "--enroll",
             f"p0={tmp_path / 'enroll/p0'}", "--enroll", f"p1={tmp_path / 'enroll/p1'}",
-            "--heldout", str(tmp_path / "held"), "--far", "0.2", "--out", str(b), "--json")
+            "--heldout", str(tmp_path / "held"), "--far", "0.2", "--out", str(b), "--json",
+            "--force")  # random weights: the guards refuse (tests/test_calibration.py)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["identities"] == 2 and rep["calibration"]["far_measured"] <= 0.2
@@ -362,7 +364,7 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
         bt = tmp_path / f"b{thr}"
         r = run("bundle", "--model", str(exported["personalized"]), "--enroll",
                 f"p0={tmp_path / 'enroll/p0'}", "--enroll", f"p1={tmp_path / 'enroll/p1'}",
-                "--threshold", thr, "--out", str(bt))
+                "--threshold", thr, "--out", str(bt), "--force")
         assert r.returncode == 0, r.stderr
         assert run("verify", str(bt), str(tmp_path / "held/p1/0.png"), "--as",
                    "p1").returncode == rc
