@@ -7,7 +7,11 @@ default, as insightface's tools expect), dynamic batch; it returns ``embedding``
 L2-normalized. A backbone trained at another size (the 64x64 CPU variants) gets the resize of
 :func:`fedfr.train.embedding.preprocess` inside the graph, as two constant matrix products —
 exactly the same antialiased bilinear weights, and plain ``MatMul`` every consumer runs (an
-antialiased ``Resize`` node loads neither in OpenCV's DNN nor everywhere else).
+antialiased ``Resize`` node loads neither in OpenCV's DNN nor everywhere else). A backbone with
+another crop geometry or per-channel normalization (``dlib_r34``: dlib's 150x150 chip, means per
+channel, /256) takes ``data`` normalized by 127.5 / 127.5 and, inside the graph, goes back to
+pixels, resamples the ArcFace crop into its chip (the same matrices as training) and normalizes
+per channel.
 
 ``uint8_input=True`` exports the phone-friendly variant: ``data`` uint8 (N, 112, 112, 3) RGB,
 cast and normalized in the graph.
@@ -15,7 +19,9 @@ cast and normalized in the graph.
 Metadata (``metadata_props``): ``fedfr.format``, ``fedfr.arch``, ``fedfr.embedding_size``,
 ``fedfr.input_contract`` (JSON, what ``data`` takes), ``fedfr.backbone_contract`` (JSON),
 ``fedfr.model_version``, ``fedfr.personalized``, ``fedfr.input_dtype``, plus any extra (a
-bundle adds ``fedfr.threshold``).
+bundle adds ``fedfr.threshold``; a generic model carries its checkpoint's
+``fedfr.thresholds``, JSON ``{"far": {"1e-03": t, ...}, "source", "pairs", ...}``: thresholds
+calibrated where it was trained or validated — not the personalized model's).
 """
 
 from __future__ import annotations
@@ -67,8 +73,27 @@ class RecognizerGraph(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.uint8_input = uint8_input
-        self.mean, self.std = float(contract.mean), float(contract.std)
-        self.resize = tuple(backbone_size) != CROP_SIZE
+        self.mean, self.std = graph_input_normalization(contract)
+        # another crop geometry (dlib_r34) or per-channel normalization: back to pixels, the
+        # training path's reframe (fedfr.train.embedding.to_model_frame), the model's own
+        # normalization; otherwise the resize acts on normalized values (it is linear)
+        self.reframe = (contract.alignment != "arcface" or isinstance(contract.mean, tuple)
+                        or isinstance(contract.std, tuple))
+        self.resize = tuple(backbone_size) != CROP_SIZE and not self.reframe
+        if self.reframe:
+            from fedfr.train.embedding import reframe_tensors
+
+            if contract.alignment != "arcface":
+                a_h, a_w = reframe_tensors(CROP_SIZE[0], contract.alignment, backbone_size[0])
+            else:
+                a_h = resize_matrix(CROP_SIZE[0], backbone_size[0])
+                a_w = resize_matrix(CROP_SIZE[1], backbone_size[1])
+            self.register_buffer("a_h", a_h.clone())
+            self.register_buffer("a_wt", a_w.T.contiguous())
+            self.register_buffer("model_mean", torch.as_tensor(
+                contract.channel_mean()).view(1, 3, 1, 1))
+            self.register_buffer("model_std", torch.as_tensor(
+                contract.channel_std()).view(1, 3, 1, 1))
         if self.resize:
             self.register_buffer("a_h", resize_matrix(CROP_SIZE[0], backbone_size[0]))
             self.register_buffer("a_wt", resize_matrix(CROP_SIZE[1], backbone_size[1]).T
@@ -90,6 +115,9 @@ class RecognizerGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uint8_input:
             x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        if self.reframe:
+            x = torch.matmul(torch.matmul(self.a_h, x * self.std + self.mean), self.a_wt)
+            x = (x - self.model_mean) / self.model_std
         if self.resize:
             x = torch.matmul(torch.matmul(self.a_h, x), self.a_wt)
         f = self.backbone(x).float()
@@ -99,6 +127,15 @@ class RecognizerGraph(nn.Module):
                 f = f + self.converter_b
         # f / ||f|| by broadcasting (F.normalize exports an Expand OpenCV's DNN rejects)
         return f * torch.rsqrt(torch.clamp((f * f).sum(dim=1, keepdim=True), min=1e-24))
+
+
+def graph_input_normalization(contract: InputContract) -> tuple[float, float]:
+    """The ``(mean, std)`` the exported graph's input is normalized with: the backbone's own
+    when it is one number each, else ArcFace's 127.5 / 127.5 (the graph renormalizes per
+    channel inside)."""
+    if isinstance(contract.mean, tuple) or isinstance(contract.std, tuple):
+        return float(ARCFACE_CONTRACT.mean), float(ARCFACE_CONTRACT.std)
+    return float(contract.mean), float(contract.std)
 
 
 def export_onnx(graph: RecognizerGraph, out: str | os.PathLike[str], *, arch: str,
@@ -131,8 +168,8 @@ def export_onnx(graph: RecognizerGraph, out: str | os.PathLike[str], *, arch: st
             opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
             external_data=False, verbose=False)
     model = program.model_proto
-    input_contract = replace(ARCFACE_CONTRACT, mean=float(backbone_contract.mean),
-                             std=float(backbone_contract.std),
+    in_mean, in_std = graph_input_normalization(backbone_contract)
+    input_contract = replace(ARCFACE_CONTRACT, mean=in_mean, std=in_std,
                              dtype="uint8" if graph.uint8_input else "float32",
                              layout="NHWC" if graph.uint8_input else "NCHW")
     meta = {
@@ -196,16 +233,25 @@ def export_checkpoint(weights: str | os.PathLike[str], out: str | os.PathLike[st
     from fedfr.checkpoint import load_backbone, read_checkpoint
 
     net = load_backbone(weights, arch).eval()
+    extra = None
     try:
         ck = read_checkpoint(weights)
         contract, emb = ck.contract, ck.embedding_size
         model_version = model_version or str(ck.metadata.get("model_version", ""))
+        extra = _thresholds_metadata(ck.metadata)
     except Exception:  # an arcface_torch .pth: the arch's registered contract
         contract = get_backbone_spec(arch).contract
         emb = _embedding_size(net, contract)
     graph = RecognizerGraph(net, contract.size, uint8_input=uint8_input, contract=contract)
     return export_onnx(graph, out, arch=arch, embedding_size=emb, backbone_contract=contract,
-                       model_version=model_version, opset=opset)
+                       model_version=model_version, opset=opset, metadata=extra)
+
+
+def _thresholds_metadata(metadata: dict) -> dict[str, str]:
+    """A generic model's ``fedfr.thresholds`` (calibrated where it was trained or validated,
+    :func:`fedfr.evaluation.model_thresholds`) as ONNX metadata (JSON); ``{}`` without."""
+    t = (metadata or {}).get("fedfr.thresholds")
+    return {"fedfr.thresholds": json.dumps(t, sort_keys=True)} if t else {}
 
 
 def _embedding_size(net: nn.Module, contract: InputContract) -> int:
@@ -247,4 +293,5 @@ def export_generic(model, out: str | os.PathLike[str], *,
     graph = RecognizerGraph(net, contract.size, uint8_input=uint8_input, contract=contract)
     return export_onnx(graph, out, arch=model.arch, embedding_size=model.embedding_size,
                        backbone_contract=contract, model_version=model.version,
-                       metadata=metadata, opset=opset)
+                       metadata={**_thresholds_metadata(model.metadata), **(metadata or {})},
+                       opset=opset)

