@@ -5,8 +5,8 @@
 // The page's only requests are GETs of its own files, the bundle's files and image URLs the
 // caller names.
 
-import { Bundle, bitmapToRGBA, cropResizeRGB, normalizeNCHW, imageToRGBA, SIZE }
-  from "./fedfr.js";
+import { Bundle, FaceError, bitmapToRGBA, imageToRGBA, normalizeNCHW } from "./fedfr.js";
+import { MTCNN, alignFace, rgbaToRGB } from "./faces.js";
 
 const $ = (id) => document.getElementById(id);
 const STORE_PREFIX = "fedfr-demo:templates:";
@@ -17,7 +17,19 @@ const state = {
   probe: null, // {source, label}
   pending: [], // camera frames waiting to be enrolled: raw RGBA
   stream: null,
+  detector: null, // Promise<MTCNN>, loaded on first use (a photo that is not a crop)
 };
+
+/** The face detector (fetched, sha256-checked and loaded once, on first use). */
+function getDetector() {
+  if (!state.detector) {
+    setStatus("loading the face detector (MTCNN)…");
+    state.detector = MTCNN.load();
+    state.detector.then(() => setStatus("face detector ready"),
+                        () => { state.detector = null; });
+  }
+  return state.detector;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -40,13 +52,15 @@ function clearError() {
   $("error").textContent = "";
 }
 
-/** Run an action: clear the error area, show (and rethrow) its error. */
+/** Run an action: clear the error area, show (and rethrow) its error. Several faces in a
+ * photo is no error: the face panel asks which one (see showFaces). */
 async function guarded(fn) {
   clearError();
   try {
     return await fn();
   } catch (e) {
-    showError(e);
+    if (e instanceof FaceError && e.count > 1) api.lastError = e.message;
+    else showError(e);
     throw e;
   }
 }
@@ -232,11 +246,13 @@ function updateButtons() {
   $("capture-probe").disabled = !state.stream;
 }
 
-function drawFace(pixels) {
-  const canvas = $("result-face");
+function drawFace(pixels, canvas = $("result-face")) {
+  const { height, width } = state.bundle.cropSize;
+  canvas.width = width;
+  canvas.height = height;
   const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(SIZE, SIZE);
-  for (let i = 0; i < SIZE * SIZE; i++) {
+  const img = ctx.createImageData(width, height);
+  for (let i = 0; i < width * height; i++) {
     img.data[4 * i] = pixels[3 * i];
     img.data[4 * i + 1] = pixels[3 * i + 1];
     img.data[4 * i + 2] = pixels[3 * i + 2];
@@ -245,9 +261,17 @@ function drawFace(pixels) {
   ctx.putImageData(img, 0, 0);
 }
 
+function faceCaption(e) {
+  if (e.method === "crop") return "used as is (already a crop)";
+  return e.faces.length > 1 ? `aligned face #${e.face + 1} of ${e.faces.length}`
+    : "aligned face";
+}
+
 function showResult(r, e) {
+  hideFaces();
   $("result").hidden = false;
   drawFace(e.pixels);
+  $("result-face-caption").textContent = faceCaption(e);
   const d = $("result-decision");
   if ("accepted" in r) {
     d.textContent = `${r.accepted ? "✔ accepted" : "✘ rejected"} as ${r.name}`;
@@ -264,48 +288,176 @@ function showResult(r, e) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Operations (shared by the UI and window.fedfrDemo)
+// The face panel: "no face found", or "N faces — tap one" on the photo with numbered boxes
 
-async function embedOne(source) {
-  const b = await requireBundle();
-  return b.embed(source);
+let pickFace = null; // (k) => void while the panel offers a choice
+
+function hideFaces() {
+  $("faces").hidden = true;
+  pickFace = null;
 }
 
-async function verifySource(source, name) {
+/** Show the photo of a FaceError; with several faces, tapping one (or its button) runs
+ * `retry(k)` through guarded(). */
+function showFaces(err, retry) {
+  const img = err.image;
+  const panel = $("faces");
+  const canvas = $("faces-photo");
+  const scale = Math.min(1, 1280 / Math.max(img.width, img.height));
+  canvas.width = Math.max(1, Math.round(img.width * scale));
+  canvas.height = Math.max(1, Math.round(img.height * scale));
+  const ctx = canvas.getContext("2d");
+  const full = new OffscreenCanvas(img.width, img.height);
+  full.getContext("2d").putImageData(
+    new ImageData(new Uint8ClampedArray(img.data), img.width, img.height), 0, 0);
+  ctx.drawImage(full, 0, 0, canvas.width, canvas.height);
+  const several = err.count > 1;
+  panel.classList.toggle("none", !several);
+  $("faces-title").textContent = several ? `${err.count} faces — tap one`
+    : "No face found";
+  $("faces-text").textContent = several
+    ? `${err.label} shows ${err.count} faces: tap the one to use (or its number).`
+    : `${err.label}: no face was found, so nothing was enrolled or scored. Use a photo ` +
+      "of one face, facing the camera, not too small or dark.";
+  const buttons = $("faces-buttons");
+  buttons.replaceChildren();
+  const lw = Math.max(2, Math.round(canvas.width / 300));
+  err.faces.forEach((f, k) => {
+    const [x, y, w, h] = f.box.map((v) => v * scale);
+    ctx.lineWidth = lw;
+    ctx.strokeStyle = "#ffd400";
+    ctx.strokeRect(x, y, w, h);
+    const fs = Math.max(14, Math.round(Math.min(w, h) * 0.35));
+    ctx.font = `bold ${fs}px system-ui, sans-serif`;
+    const label = String(k + 1);
+    const tw = ctx.measureText(label).width + fs * 0.5;
+    ctx.fillStyle = "#ffd400";
+    ctx.fillRect(x, Math.max(0, y - fs * 1.2), tw, fs * 1.2);
+    ctx.fillStyle = "#1b1f27";
+    ctx.fillText(label, x + fs * 0.25, Math.max(0, y - fs * 1.2) + fs * 0.95);
+    if (several) {
+      buttons.append(Object.assign(document.createElement("button"), {
+        type: "button", className: "face-pick", textContent: `Face ${k + 1}`,
+        onclick: () => pickFace && pickFace(k) }));
+    }
+  });
+  pickFace = several ? (k) => {
+    hideFaces();
+    guarded(() => retry(k)).catch(() => {});
+  } : null;
+  canvas.onclick = (ev) => {
+    if (!pickFace) return;
+    const r = canvas.getBoundingClientRect();
+    const px = (ev.clientX - r.left) * (img.width / r.width);
+    const py = (ev.clientY - r.top) * (img.height / r.height);
+    // the smallest box under the tap
+    let best = -1, area = Infinity;
+    err.faces.forEach((f, k) => {
+      const [x, y, w, h] = f.box;
+      if (px >= x && px <= x + w && py >= y && py <= y + h && w * h < area) {
+        best = k;
+        area = w * h;
+      }
+    });
+    if (best >= 0) pickFace(best);
+  };
+  $("result").hidden = true;
+  panel.hidden = false;
+  setStatus(several ? `${err.count} faces — tap one` : "no face found");
+  panel.scrollIntoView({ block: "nearest" });
+}
+
+/** Thumbnails of the aligned crops an enrollment used. */
+function showEnrolledFaces(name, embedded) {
+  const box = $("enroll-faces");
+  box.replaceChildren();
+  for (const e of embedded) {
+    const c = document.createElement("canvas");
+    c.title = `${name}: ${faceCaption(e)} (${e.label})`;
+    drawFace(e.pixels, c);
+    box.append(c);
+  }
+  box.hidden = false;
+}
+
+function clearEnrollInputs() {
+  state.pending = [];
+  $("enroll-files").value = "";
+  $("enroll-name").value = "";
+  updateButtons();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations (shared by the UI and window.fedfrDemo)
+
+async function embedOne(source, face = null) {
+  const b = await requireBundle();
+  return b.embed(source, { detector: getDetector, face });
+}
+
+/**
+ * Embed with face detection; a photo without a face, or with several and none picked, shows
+ * the face panel (several: tapping a face runs `retry(k)`) and throws the FaceError.
+ */
+async function embedFace(source, face, retry) {
+  try {
+    return await embedOne(source, face);
+  } catch (e) {
+    if (e instanceof FaceError && e.image) showFaces(e, retry);
+    throw e;
+  }
+}
+
+async function verifySource(source, name, face = null) {
   const b = await requireBundle();
   const t = b.find(name);
   if (!t) {
     throw new Error(`no enrolled person named ${JSON.stringify(name)} (enrolled: ` +
                     `${b.templates.map((x) => x.name).join(", ") || "nobody"})`);
   }
-  const e = await b.embed(source);
+  const e = await embedFace(source, face, (k) => verifySource(source, name, k));
   const score = e.embedding.reduce((s, v, i) => s + v * t.template[i], 0);
   const r = { name, score, threshold: b.threshold, accepted: score >= b.threshold,
-              ms: e.ms, model: e.kind };
+              ms: e.ms, model: e.kind, method: e.method, face: e.face,
+              faces: e.faces.length };
   showResult(r, e);
   return r;
 }
 
-async function identifySource(source) {
+async function identifySource(source, face = null) {
   const b = await requireBundle();
   if (!b.templates.length) throw new Error("nobody is enrolled: enroll someone first");
-  const e = await b.embed(source);
+  const e = await embedFace(source, face, (k) => identifySource(source, k));
   const [best] = b.scores(e.embedding);
   const r = { name: best.score >= b.threshold ? best.name : "unknown", best: best.name,
-              score: best.score, threshold: b.threshold, ms: e.ms, model: e.kind };
+              score: best.score, threshold: b.threshold, ms: e.ms, model: e.kind,
+              method: e.method, face: e.face, faces: e.faces.length };
   showResult(r, e);
   return r;
 }
 
-async function enrollSources(name, sources) {
+/** Enroll `name` from `sources`; `faces[i]`: the face picked in source i (several faces). */
+async function enrollSources(name, sources, faces = []) {
   const b = await requireBundle();
   if (typeof name !== "string" || !name.trim()) throw new Error("enroll needs a name");
   if (!sources.length) throw new Error("enroll needs at least one image");
-  const embeddings = [];
-  for (const s of sources) embeddings.push((await b.embed(s)).embedding);
-  const t = b.addTemplate(name, embeddings, "page");
+  const embedded = [];
+  for (const [i, s] of sources.entries()) {
+    const pick = faces[i] ?? null;
+    embedded.push(await embedFace(s, pick, (k) => {
+      const again = [...faces];
+      again[i] = k;
+      return enrollSources(name, sources, again).then((r) => {
+        clearEnrollInputs();
+        return r;
+      });
+    }));
+  }
+  hideFaces();
+  const t = b.addTemplate(name, embedded.map((e) => e.embedding), "page");
   saveEnrolled(b);
   renderPeople();
+  showEnrolledFaces(t.name, embedded);
   setStatus(`enrolled ${t.name} from ${t.num_images} image${t.num_images === 1 ? "" : "s"}`);
   return { name: t.name, num_images: t.num_images, template: Float32Array.from(t.template) };
 }
@@ -320,7 +472,7 @@ async function setModel(kind) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Camera (getUserMedia; frames are processed like files, center-cropped to a square)
+// Camera (getUserMedia; frames are processed like files: faces detected and aligned)
 
 async function startCamera() {
   if (state.stream) {
@@ -398,10 +550,7 @@ function wireUI() {
   on("enroll-btn", "click", () => guarded(async () => {
     const sources = [...$("enroll-files").files, ...state.pending];
     await enrollSources($("enroll-name").value, sources);
-    state.pending = [];
-    $("enroll-files").value = "";
-    $("enroll-name").value = "";
-    updateButtons();
+    clearEnrollInputs();
   }));
   on("camera-start", "click", () => guarded(startCamera));
   on("capture-enroll", "click", () => guarded(async () => {
@@ -424,30 +573,60 @@ const api = {
   lastError: null,
   /** Load and check a bundle (directory URL, or its bundle.json); resolves to its info. */
   loadBundle,
-  /** The L2-normalized embedding of an image URL with the current model. */
-  async embed(imageUrl) {
-    return guarded(async () => (await embedOne(imageUrl)).embedding);
+  /** The L2-normalized embedding of an image URL with the current model ({face}: which of
+   * several faces, 0-based, best score first). */
+  async embed(imageUrl, { face = null } = {}) {
+    return guarded(async () => (await embedFace(imageUrl, face, () => {})).embedding);
   },
-  /** The preprocessed face: 112x112x3 RGB uint8 pixels and the float32 NCHW model input. */
-  async preprocess(imageUrl) {
+  /** The face the model sees: {pixels (H·W·3 RGB uint8), tensor (float32 NCHW), method
+   * ("crop" | "aligned"), faces, face, width, height}. */
+  async preprocess(imageUrl, { face = null } = {}) {
     return guarded(async () => {
       const b = await requireBundle();
-      const pixels = cropResizeRGB(await imageToRGBA(imageUrl));
-      return { pixels, tensor: normalizeNCHW(pixels, b.meta.input.mean, b.meta.input.std) };
+      const p = await b.prepare(imageUrl, { detector: getDetector, face });
+      const { height, width } = b.cropSize;
+      return { pixels: p.pixels, method: p.method, faces: p.faces, face: p.face, width, height,
+               tensor: normalizeNCHW(p.pixels, b.meta.input.mean, b.meta.input.std, height,
+                                     width) };
     });
   },
-  /** 1:1 against an enrolled person: {name, score, threshold, accepted, ms, model}. */
-  async verify(imageUrl, name) {
-    return guarded(() => verifySource(imageUrl, name));
+  /** MTCNN on an image: {width, height, faces: [{box: [x, y, w, h], score, landmarks}]}. */
+  async detect(imageUrl) {
+    return guarded(async () => {
+      const rgba = await imageToRGBA(imageUrl);
+      const det = await getDetector();
+      const faces = await det.detect({ rgb: rgbaToRGB(rgba.data, rgba.width * rgba.height),
+                                       width: rgba.width, height: rgba.height });
+      return { width: rgba.width, height: rgba.height, faces };
+    });
   },
-  /** 1:N among the enrolled: {name (or "unknown"), best, score, threshold, ms, model}. */
-  async identify(imageUrl) {
-    return guarded(() => identifySource(imageUrl));
+  /** The bundle's aligned crop of an image for given landmarks (5 [x, y]): H·W·3 RGB. */
+  async align(imageUrl, landmarks) {
+    return guarded(async () => {
+      const b = await requireBundle();
+      const rgba = await imageToRGBA(imageUrl);
+      const { height, width } = b.cropSize;
+      return alignFace(rgbaToRGB(rgba.data, rgba.width * rgba.height), rgba.height,
+                       rgba.width, landmarks, b.template, width, height);
+    });
   },
-  /** Enroll (or re-enroll) a person from image URLs; the template stays on this device. */
-  async enroll(name, imageUrls) {
-    return guarded(() => enrollSources(name, Array.from(imageUrls || [])));
+  /** 1:1 against an enrolled person: {name, score, threshold, accepted, ms, model, method,
+   * face, faces}. A photo with several faces needs {face}. */
+  async verify(imageUrl, name, { face = null } = {}) {
+    return guarded(() => verifySource(imageUrl, name, face));
   },
+  /** 1:N among the enrolled: {name (or "unknown"), best, score, threshold, ms, model, …}. */
+  async identify(imageUrl, { face = null } = {}) {
+    return guarded(() => identifySource(imageUrl, face));
+  },
+  /** Enroll (or re-enroll) a person from image URLs ({faces}: the face picked per image);
+   * the template stays on this device. */
+  async enroll(name, imageUrls, { faces = [] } = {}) {
+    return guarded(() => enrollSources(name, Array.from(imageUrls || []), faces));
+  },
+  /** The face panel's state: null, or {title, faces} while it is shown. */
+  facePanel: () => ($("faces").hidden ? null : {
+    title: $("faces-title").textContent, buttons: $("faces-buttons").children.length }),
   /** Switch between "fp32" and "int8" (when the bundle has it). */
   async setModel(kind) {
     return guarded(() => setModel(kind));

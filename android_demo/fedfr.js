@@ -5,10 +5,13 @@
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import { sha256Hex } from "./sha256.js";
+import { FaceError, alignFace, rgbaToRGB, templateFor } from "./faces.js";
+
+export { FaceError };
 
 export const FORMAT = "fedfr-bundle";
 export const FORMAT_VERSION = 1;
-export const SIZE = 112; // the crop the model takes: (N, 3, 112, 112)
+export const SIZE = 112; // the default crop (old bundles): (N, 3, 112, 112); bundle.json says
 
 // onnxruntime-web: the .mjs/.wasm next to ort.wasm.min.mjs under /vendor/ (never a CDN), one
 // thread (no SharedArrayBuffer, so no cross-origin isolation is needed), no proxy worker.
@@ -79,7 +82,9 @@ export function bitmapToRGBA(source, width = source.width, height = source.heigh
 }
 
 /**
- * The 112x112 RGB uint8 crop, exactly as Python's preprocessing makes it.
+ * The 112x112 RGB uint8 centre crop, exactly as export/preprocess.py to_crop makes it (what
+ * bundles are built from). The page no longer feeds it to the model: photos go through face
+ * detection and alignment (Bundle.prepare); it stays as the JS twin of to_crop.
  *
  * 112x112 input is used as is. Anything else is center-cropped to a square (side = min(h, w),
  * offsets floor((h - side) / 2), floor((w - side) / 2)) and resized to 112x112 with bilinear
@@ -143,13 +148,17 @@ export function cropResizeRGB(rgba) {
   return out;
 }
 
-/** (x - mean) / std of a (112, 112, 3) uint8 crop, as float32 (1, 3, 112, 112) NCHW. */
-export function normalizeNCHW(rgb, mean, std) {
-  const plane = SIZE * SIZE;
+/**
+ * (x - mean) / std of an (h, w, 3) uint8 crop, as float32 (1, 3, h, w) NCHW; mean and std are
+ * numbers or one per channel [r, g, b] (float32, like numpy's).
+ */
+export function normalizeNCHW(rgb, mean, std, h = SIZE, w = SIZE) {
+  const plane = h * w;
   const out = new Float32Array(3 * plane);
-  const m = f32(mean), s = f32(std);
+  const per = (v) => (Array.isArray(v) ? v.map(f32) : [f32(v), f32(v), f32(v)]);
+  const m = per(mean), s = per(std);
   for (let i = 0; i < plane; i++) {
-    for (let c = 0; c < 3; c++) out[c * plane + i] = f32(f32(rgb[3 * i + c] - m) / s);
+    for (let c = 0; c < 3; c++) out[c * plane + i] = f32(f32(rgb[3 * i + c] - m[c]) / s[c]);
   }
   return out;
 }
@@ -177,6 +186,16 @@ export async function imageToRGBA(source) {
   }
   if (source && typeof source.width === "number") return bitmapToRGBA(source);
   throw new ImageError("not an image: pass a URL, a File/Blob or raw RGBA pixels");
+}
+
+/** What to call an image in a message: its URL, file name, or "the camera frame". */
+export function sourceLabel(source) {
+  if (typeof source === "string" || source instanceof URL) {
+    const u = String(source);
+    return u.startsWith("data:") ? "the image" : u;
+  }
+  if (typeof Blob !== "undefined" && source instanceof Blob) return source.name || "the file";
+  return (source && source.label) || "the camera frame";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,11 +245,12 @@ function checkMeta(meta) {
   const shape = inp.shape;
   const okShape = Array.isArray(shape) && shape.length === 4 &&
     (shape[0] === null || (Number.isInteger(shape[0]) && shape[0] > 0)) &&
-    shape[1] === 3 && shape[2] === SIZE && shape[3] === SIZE;
+    shape[1] === 3 && Number.isInteger(shape[2]) && shape[2] >= 16 && shape[2] <= 1024 &&
+    Number.isInteger(shape[3]) && shape[3] >= 16 && shape[3] <= 1024;
   if (!okShape) {
     throw new BundleError(
       `wrong input shape ${shapeStr(shape)} in bundle.json: this page feeds ` +
-      `[N, 3, ${SIZE}, ${SIZE}] (float32 NCHW RGB)`);
+      "[N, 3, H, W] (float32 NCHW RGB, H and W 16..1024)");
   }
   const want = { dtype: "float32", layout: "NCHW", color: "RGB" };
   for (const [k, v] of Object.entries(want)) {
@@ -242,8 +262,21 @@ function checkMeta(meta) {
   if (typeof inp.name !== "string" || !inp.name) {
     throw new BundleError("bundle.json input.name is missing");
   }
-  if (!isNum(inp.mean) || !isNum(inp.std) || inp.std <= 0) {
-    throw new BundleError("bundle.json input.mean/input.std must be numbers (std > 0)");
+  const okNorm = (v, pos) => (isNum(v) && (!pos || v > 0)) ||
+    (Array.isArray(v) && v.length === 3 && v.every((x) => isNum(x) && (!pos || x > 0)));
+  if (!okNorm(inp.mean, false) || !okNorm(inp.std, true)) {
+    throw new BundleError("bundle.json input.mean/input.std must be numbers or [r, g, b] " +
+                          "(std > 0)");
+  }
+  if (inp.alignment !== undefined) {
+    const a = inp.alignment;
+    const ok = a && typeof a === "object" && typeof a.name === "string" &&
+      Array.isArray(a.landmarks) && a.landmarks.length === 5 &&
+      a.landmarks.every((p) => Array.isArray(p) && p.length === 2 && p.every(isNum));
+    if (!ok) {
+      throw new BundleError("bundle.json input.alignment needs a name and 5 landmarks " +
+                            "[[x, y] x5] (eyes, nose, mouth corners) in the crop's pixels");
+    }
   }
   if (!meta.output || typeof meta.output.name !== "string") {
     throw new BundleError("bundle.json output.name is missing");
@@ -323,7 +356,8 @@ function parseTemplates(bytes, dim) {
   });
 }
 
-/** Check that an onnxruntime session takes [N, 3, 112, 112] float32 and gives [N, D]. */
+/** Check that an onnxruntime session takes [N, 3, H, W] float32 (bundle.json's) and gives
+ * [N, D]. */
 function checkSession(session, meta, file) {
   const inName = meta.input.name, outName = meta.output.name;
   if (!session.inputNames.includes(inName)) {
@@ -338,13 +372,13 @@ function checkSession(session, meta, file) {
   if (md && md.isTensor) {
     const dims = md.shape || [];
     const fixed = (d, want) => typeof d !== "number" || d < 0 || d === want;
-    const ok = dims.length === 4 && fixed(dims[1], 3) && fixed(dims[2], SIZE) &&
-      fixed(dims[3], SIZE);
+    const [, , H, W] = meta.input.shape;
+    const ok = dims.length === 4 && fixed(dims[1], 3) && fixed(dims[2], H) && fixed(dims[3], W);
     if (!ok || (md.type && md.type !== "float32")) {
       throw new BundleError(
         `wrong input shape: ${file} expects "${inName}" ${md.type || ""} ` +
         `${shapeStr(dims.map((d) => (typeof d === "number" && d >= 0 ? d : "N")))}, ` +
-        `but this page feeds float32 [N, 3, ${SIZE}, ${SIZE}]`);
+        `but bundle.json says ${shapeStr(meta.input.shape)} (float32 [N, 3, ${H}, ${W}])`);
     }
   }
 }
@@ -447,30 +481,89 @@ export class Bundle {
     this.kind = kind;
   }
 
+  /** The crop the model takes: {height, width}. */
+  get cropSize() {
+    const [, , height, width] = this.meta.input.shape;
+    return { height, width };
+  }
+
+  /** The five landmarks' places in the crop (bundle.json input.alignment, else ArcFace's). */
+  get template() {
+    const { height, width } = this.cropSize;
+    return templateFor(this.meta.input, height, width);
+  }
+
   /**
-   * Embed one image: preprocess, run the model, check the output.
-   * @returns {Promise<{embedding: Float32Array, pixels: Uint8Array, ms: number, preMs: number}>}
+   * The crop the model sees, as Python's device_sdk.faces.prepare_face makes it: an image of
+   * exactly the crop's size is taken as an aligned crop as is ("crop"); any other is searched
+   * for faces with `detector` (an MTCNN or a function returning one): exactly one, or the one
+   * numbered `face` (0-based, best score first) → aligned onto the template ("aligned"); none →
+   * FaceError "no face found in LABEL"; several and no `face` → FaceError "N faces found…"
+   * (its `faces` and `image` let the user pick).
+   * @returns {Promise<{pixels: Uint8Array, method: string, faces: Array, face: number|null,
+   *                    image: object, label: string}>}
    */
-  async embed(source) {
-    const t0 = performance.now();
+  async prepare(source, { detector = null, face = null, label = null } = {}) {
     const rgba = await imageToRGBA(source);
-    const pixels = cropResizeRGB(rgba);
-    const input = normalizeNCHW(pixels, this.meta.input.mean, this.meta.input.std);
+    const name = label || sourceLabel(source);
+    const { height: H, width: W } = this.cropSize;
+    const n = rgba.width * rgba.height;
+    if (rgba.width === W && rgba.height === H) {
+      return { pixels: rgbaToRGB(rgba.data, n), method: "crop", faces: [], face: null,
+               image: rgba, label: name };
+    }
+    const det = typeof detector === "function" ? await detector() : detector;
+    if (!det) throw new FaceError(`no face detector: ${name} is not a ${W}x${H} crop`);
+    const rgb = rgbaToRGB(rgba.data, n);
+    const faces = await det.detect({ rgb, width: rgba.width, height: rgba.height });
+    if (!faces.length) {
+      throw new FaceError(`no face found in ${name}: nothing was enrolled or scored`,
+                          { count: 0, image: rgba, label: name });
+    }
+    let k = 0;
+    if (face !== null && face !== undefined) {
+      if (!Number.isInteger(face) || face < 0 || face >= faces.length) {
+        throw new FaceError(`${name} has ${faces.length} face${faces.length === 1 ? "" : "s"}: ` +
+                            `no face #${face + 1}`, { count: faces.length, faces, image: rgba,
+                                                       label: name });
+      }
+      k = face;
+    } else if (faces.length > 1) {
+      throw new FaceError(`${faces.length} faces found in ${name}: tap one (or pass its ` +
+                          "number)", { count: faces.length, faces, image: rgba, label: name });
+    }
+    const pixels = alignFace(rgb, rgba.height, rgba.width, faces[k].landmarks, this.template,
+                             W, H);
+    return { pixels, method: "aligned", faces, face: k, image: rgba, label: name };
+  }
+
+  /**
+   * Embed one image: find and align the face (see prepare), run the model, check the output.
+   * @returns {Promise<{embedding: Float32Array, pixels: Uint8Array, ms: number, preMs: number,
+   *                    method: string, faces: Array, face: number|null}>}
+   */
+  async embed(source, options = {}) {
+    const t0 = performance.now();
+    const prep = await this.prepare(source, options);
+    const { height, width } = this.cropSize;
+    const input = normalizeNCHW(prep.pixels, this.meta.input.mean, this.meta.input.std,
+                                height, width);
     const session = await this.session();
     const t1 = performance.now();
     const embedding = await this.run(session, input);
     const ms = performance.now() - t1;
-    return { embedding, pixels, ms, preMs: t1 - t0, kind: this.kind };
+    return { ...prep, embedding, ms, preMs: t1 - t0, kind: this.kind };
   }
 
   async run(session, input) {
     const inName = this.meta.input.name, outName = this.meta.output.name;
-    const tensor = new ort.Tensor("float32", input, [1, 3, SIZE, SIZE]);
+    const { height: H, width: W } = this.cropSize;
+    const tensor = new ort.Tensor("float32", input, [1, 3, H, W]);
     let out;
     try {
       out = await session.run({ [inName]: tensor });
     } catch (e) {
-      throw new BundleError(`the model failed on a [1, 3, ${SIZE}, ${SIZE}] float32 input ` +
+      throw new BundleError(`the model failed on a [1, 3, ${H}, ${W}] float32 input ` +
                             `(wrong input shape?): ${e.message || e}`);
     }
     const y = out[outName];

