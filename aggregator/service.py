@@ -336,8 +336,17 @@ class Service:
                               validation_size=validation[1], validation=metrics)
         s.add(row)
         s.flush()
+        from fedfr.evaluation import THRESHOLDS_KEY, model_thresholds
+
+        meta = dict(model.metadata)
+        if round_id is not None:  # the base version's thresholds are not this model's
+            meta.pop(THRESHOLDS_KEY, None)
+        if metrics and metrics.get("threshold_at_far"):  # calibrated on the validation set
+            meta[THRESHOLDS_KEY] = model_thresholds(
+                metrics, f"server validation set {validation[0]} ({metrics['num_images']} "
+                f"images of {metrics['num_identities']} identities)")
         stamped = model.with_(version=str(row.version), metadata={
-            **model.metadata, "parent_version": parent_version, "round_id": round_id})
+            **meta, "parent_version": parent_version, "round_id": round_id})
         tmp = self.blobs.staging()
         try:
             stamped.save(tmp)

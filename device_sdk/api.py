@@ -25,6 +25,7 @@ from device_sdk.errors import (
     DataFormatError,
     DetectorUnavailable,
     DeviceSDKError,
+    DuplicateIdentityError,
     EnrollError,
     FaceError,
     UnknownIdentityError,
@@ -35,6 +36,7 @@ from fedfr.data.images import encode_png
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "check_identity",
     "enroll",
     "export",
     "forget",
@@ -115,9 +117,10 @@ def validate_name(name: object) -> str:
 
 
 def _prepare(paths: Sequence[Path], detector: MTCNNDetector | None,
-             progress: Callable[[int, int], None] | None) -> list[tuple[Path, bytes, str, str]]:
-    """``(path, png, method, sha256)`` for every file, or an EnrollError listing those that
-    cannot be enrolled."""
+             progress: Callable[[int, int], None] | None
+             ) -> list[tuple[Path, bytes, str, str, np.ndarray]]:
+    """``(path, png, method, sha256, crop)`` for every file, or an EnrollError listing those
+    that cannot be enrolled."""
     out, problems = [], []
     for i, p in enumerate(paths):
         try:
@@ -129,7 +132,7 @@ def _prepare(paths: Sequence[Path], detector: MTCNNDetector | None,
         else:
             # the sha256 of the pixels: the same face from a re-encoded file is a duplicate
             sha = hashlib.sha256(crop.tobytes()).hexdigest()
-            out.append((p, encode_png(crop), method, sha))
+            out.append((p, encode_png(crop), method, sha, crop))
         if progress is not None:
             progress(i + 1, len(paths))
     if problems:
@@ -137,9 +140,144 @@ def _prepare(paths: Sequence[Path], detector: MTCNNDetector | None,
     return out
 
 
+#: The FAR of the threshold enroll's same-face check uses when it has to calibrate one.
+IDENTITY_CHECK_FAR = 1e-3
+#: Public pack images in the cohort of that calibration (fewer than export's: it runs on
+#: every enroll).
+IDENTITY_CHECK_COHORT = 500
+
+
+def _current_model(h: DeviceHome):
+    """``(embed, model, description, private metadata)`` of the device's current model — the
+    personalized recognizer once trained, else the newest cached generic model — or ``None``
+    when it holds none."""
+    from fedfr.fl import GlobalModel
+
+    meta, _ = training.private_summary(h)
+    mpath = training.cached_model_path(h, meta.get("model_sha256", "")) if meta else None
+    if mpath is not None and mpath.exists():
+        private, _ = training.load_private(h, [])
+        if private is not None and private.local_backbone is not None:
+            from fedfr.train.recognizer import personalized_embedder
+
+            model = GlobalModel.load(mpath)
+            return (personalized_embedder(model, private), model,
+                    f"personalized model (from v{meta.get('model_version')})", meta)
+    for version, sha in h.db.execute("SELECT version, sha256 FROM models ORDER BY version DESC"):
+        path = training.cached_model_path(h, sha)
+        if path.exists():
+            from fedfr.train.recognizer import generic_embedder
+
+            model = GlobalModel.load(path)
+            return generic_embedder(model), model, f"generic model v{version}", {}
+    return None
+
+
+def _identity_threshold(h: DeviceHome, model, meta: dict, embed, emb: np.ndarray,
+                        labels: np.ndarray) -> tuple[float, str] | None:
+    """The threshold of the same-face check and where it comes from: the last export's (same
+    personalized model), else the generic model's own at FAR 1e-3 (``fedfr.thresholds``),
+    else one calibrated now like export does (enrolled identities against each other and
+    against public pack images); ``None`` when there is nothing to calibrate on."""
+    from export.bundle import calibrate_threshold
+    from fedfr.train.local_state import PublicPack
+
+    last = h.get_state("last_calibration")
+    if meta and last and last.get("model_sha256") == meta.get("model_sha256") \
+            and last.get("trained_at") == meta.get("trained_at"):
+        return float(last["threshold"]), (f"the last export's threshold (FAR "
+                                          f"{last['far_target']:g})")
+    if not meta:
+        far = ((model.metadata or {}).get("fedfr.thresholds") or {}).get("far") or {}
+        t = far.get("1e-03")
+        if t is not None:
+            src = model.metadata["fedfr.thresholds"].get("source", "")
+            return float(t), f"the model's threshold at FAR 1e-3 ({src})"
+    cohort = None
+    pack_path = training.cached_model_path(h, meta.get("pack_sha256", "")) if meta else None
+    if pack_path is not None and pack_path.exists():
+        pack = PublicPack.load(pack_path)
+        if pack.kind == "images":
+            cohort = embed(_cohort_sample(pack, IDENTITY_CHECK_COHORT)[0])
+    try:
+        cal = calibrate_threshold(emb, labels, IDENTITY_CHECK_FAR, cohort=cohort,
+                                  cohort_name="public pack")
+    except ValueError:
+        return None
+    n = 0 if cohort is None else len(cohort)
+    return cal["threshold"], (f"calibrated now at FAR {IDENTITY_CHECK_FAR:g} on the enrolled "
+                              f"identities and {n} public pack images")
+
+
+def check_identity(h: DeviceHome, name: str, prepared: list, *, force: bool = False) -> dict:
+    """``enroll``'s same-face check of ``prepared`` images for identity ``name`` against the
+    other enrolled identities; raises :class:`DuplicateIdentityError` unless ``force``.
+
+    1. A crop with the same pixels as another identity's image: the same face, whatever the
+       model (score 1).
+    2. With a model on the device (:func:`_current_model`): the new images' template (mean
+       of their normalized embeddings) against every other identity's template; a score at
+       or above the threshold of :func:`_identity_threshold` is the same face.
+
+    Returns:
+        ``{"checked": False, "reason"}`` without a model or threshold, else ``{"checked":
+        True, "model", "threshold", "threshold_source", "closest", "score"}`` (closest and
+        score ``None`` when nobody else is enrolled); ``"forced": True`` when it matched.
+    """
+    from export.bundle import make_templates
+
+    shas = [p[3] for p in prepared]
+    rows = h.db.execute(
+        "SELECT i.name, m.source_name FROM images m JOIN identities i ON i.id = m.identity_id "
+        f"WHERE i.name != ? AND m.sha256 IN ({','.join('?' * len(shas))})",
+        (name, *shas)).fetchall()
+    forced = False
+    if rows:
+        other, src = rows[0]
+        if not force:
+            raise DuplicateIdentityError(
+                f"this face is already enrolled as {other!r}: the aligned crop has the same "
+                f"pixels as its image {src!r} (score 1.0). The same person under two names "
+                f"makes verify accept either name; add the photos to {other!r}, or enroll "
+                f"anyway with --force (force=True) if they are different people", other, 1.0,
+                None)
+        forced = True
+    current = _current_model(h)
+    if current is None:
+        return {"checked": False, "reason": "no model on this device yet (train first); only "
+                "identical images were compared", **({"forced": True} if forced else {})}
+    embed, model, desc, meta = current
+    images, labels, idents = training.enrolled_images(h)
+    names = np.asarray([d["name"] for d in idents], dtype=object)
+    others = [d["name"] for d in idents if d["name"] != name and (labels == idents.index(d)).any()]
+    emb = embed(images) if len(images) else np.zeros((0, 0), np.float32)
+    found = _identity_threshold(h, model, meta, embed, emb, names[labels]) if len(emb) else None
+    if found is None:
+        return {"checked": False, "reason": f"no threshold for the {desc}: fewer than two "
+                "identities enrolled and no public pack", **({"forced": True} if forced else {})}
+    t, source = found
+    new = make_templates({name: embed(np.stack([p[4] for p in prepared]))})[name]
+    tpl = make_templates({n: emb[names[labels] == n] for n in others})
+    scores = {n: float(tpl[n] @ new) for n in others}
+    closest = max(scores, key=scores.get) if scores else None
+    out = {"checked": True, "model": desc, "threshold": t, "threshold_source": source,
+           "closest": closest, "score": scores.get(closest)}
+    if closest is not None and scores[closest] >= t:
+        if not force:
+            raise DuplicateIdentityError(
+                f"this face matches {closest!r}, already enrolled: score "
+                f"{scores[closest]:.4f} against {closest!r}'s template, at or above the "
+                f"threshold {t:.4f} ({source}) of the {desc}. The same person under two names "
+                f"makes verify accept either name; add the photos to {closest!r}, or enroll "
+                f"anyway with --force (force=True) if they are different people", closest,
+                scores[closest], t)
+        forced = True
+    return {**out, **({"forced": True} if forced else {})}
+
+
 def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
            detector: MTCNNDetector | None = None,
-           progress: Callable[[int, int], None] | None = None) -> dict:
+           progress: Callable[[int, int], None] | None = None, force: bool = False) -> dict:
     """Enroll identity ``name`` (created if new) with the images at ``paths``.
 
     Every file is read, and detected and aligned (photos) or taken as is (112x112 crops)
@@ -147,12 +285,20 @@ def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
     ``crops/<identity id>/<sha256>.png``, then their rows. Images already enrolled for this
     identity (same pixels after alignment) are skipped.
 
+    The same face under two names is refused unless ``force`` (:func:`check_identity`): a
+    crop with the same pixels as another identity's, or — when the device holds a model —
+    the new images' template scoring at or above the model's threshold against another
+    identity's template. Adding photos to the same name is never refused.
+
     Returns:
-        ``{"name", "created", "added", "skipped_duplicates", "total_images"}``.
+        ``{"name", "created", "added", "skipped_duplicates", "total_images",
+        "identity_check"}`` (what the same-face check compared, see :func:`check_identity`).
 
     Raises:
         EnrollError: naming each file that is unreadable, not an image, or has no face or
             several faces (nothing stored).
+        DuplicateIdentityError: the face is already enrolled under another name (nothing
+            stored; the message names it and the score).
         DeviceSDKError: a bad name or no file.
     """
     name = validate_name(name)
@@ -160,7 +306,16 @@ def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
     if not files:
         raise DeviceSDKError("no image given: enroll NAME IMAGE [IMAGE ...]")
     prepared = _prepare(files, detector, progress)
-    with open_home(home) as h, h.write() as tx:
+    with open_home(home) as h:
+        check = check_identity(h, name, prepared, force=force)
+        result = _store(h, name, prepared)
+    return {**result, "identity_check": check} if check["checked"] or check.get("forced") \
+        else result
+
+
+def _store(h: DeviceHome, name: str, prepared: list) -> dict:
+    """``enroll``'s transaction: the identity's row if new, the crops and their rows."""
+    with h.write() as tx:
         db = tx.db
         row = db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
         created = row is None
@@ -175,7 +330,7 @@ def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
         seen = {r[0] for r in db.execute("SELECT sha256 FROM images WHERE identity_id = ?",
                                          (ident,))}
         added = skipped = 0
-        for path, png, method, sha in prepared:
+        for path, png, method, sha, _ in prepared:
             if sha in seen:
                 skipped += 1
                 continue
@@ -257,25 +412,35 @@ CALIBRATION_PUBLIC_IMAGES = 2000
 
 
 def export(home: Home, out: str | os.PathLike[str], *, int8: bool = False,
-           far_target: float = 1e-3, make_zip: bool = False) -> dict:
+           far_target: float = 1e-3, make_zip: bool = False, min_tar: float | None = None,
+           force: bool = False) -> dict:
     """The personalized recognizer as a bundle (:func:`export.bundle.create_bundle`).
 
     The model is the device's local backbone → its DFC converter, from its last accepted
     round; the templates are the enrolled identities' images embedded by that model; the
-    threshold is calibrated at ``far_target`` on impostor pairs among the enrolled images and
-    up to :data:`CALIBRATION_PUBLIC_IMAGES` public pack images (other people than the
-    device's, so the false accepts are counted on many more pairs than the device's own
-    identities give).
+    threshold is calibrated at ``far_target`` on the impostor pairs of the enrolled
+    identities against each other, and of the enrolled images against up to
+    :data:`CALIBRATION_PUBLIC_IMAGES` public pack images (the cohort: other people than the
+    device's). Public-pack-vs-public-pack pairs are not used: the pack is synthetic faces, a
+    domain the device's photos are not, and its own pairs alone once gave a threshold that
+    rejected every enrolled person. The FAR is held on each source separately.
+
+    Unless ``force``, a calibration whose TAR (or, with one photo per person, its estimate
+    from augmented views) is below ``min_tar`` (default
+    :data:`export.bundle.DEFAULT_MIN_TAR`), or whose threshold rejects an enrolled image
+    against its own template, is refused (:class:`export.bundle.CalibrationError`).
 
     Returns:
-        ``{"bundle", "identities", "model_version", "threshold", "report"}``.
+        ``{"bundle", "identities", "model_version", "threshold", "report"}``; the report's
+        ``"calibration"`` is also in bundle.json.
 
     Raises:
         DeviceSDKError: nothing enrolled, or no personalized model yet (train first).
+        CalibrationError: a guard failed (the message names the numbers); nothing written.
     """
     import tempfile
 
-    from export.bundle import create_bundle
+    from export.bundle import DEFAULT_MIN_TAR, create_bundle
     from export.onnx_export import export_personalized
     from fedfr.fl import GlobalModel
     from fedfr.train.local_state import PublicPack
@@ -295,27 +460,36 @@ def export(home: Home, out: str | os.PathLike[str], *, int8: bool = False,
         model = GlobalModel.load(mpath)
         enrolled = {d["name"]: images[labels == k] for k, d in enumerate(idents)
                     if (labels == k).any()}
-        held, held_labels = images, labels
+        cohort = cohort_labels = None
         pack_path = training.cached_model_path(h, meta.get("pack_sha256", ""))
         if pack_path.exists():
             pack = PublicPack.load(pack_path)
             if pack.kind == "images":
-                rng = np.random.default_rng(0)
-                sel = np.sort(rng.permutation(len(pack.images))[:CALIBRATION_PUBLIC_IMAGES])
-                held = np.concatenate([images, pack.images[sel]])
-                held_labels = np.concatenate([labels, len(idents) + np.asarray(
-                    pack.labels, np.int64)[sel]])
+                cohort, cohort_labels = _cohort_sample(pack, CALIBRATION_PUBLIC_IMAGES)
         with tempfile.TemporaryDirectory(dir=h.path, prefix=".export-") as td:
             onnx_path = export_personalized(model, private, Path(td) / "model.onnx")
-            path, report = create_bundle(out, model=onnx_path, enrolled=enrolled,
-                                         heldout=held, heldout_labels=held_labels,
-                                         far_target=far_target, int8=int8,
-                                         make_zip=make_zip)
+            path, report = create_bundle(
+                out, model=onnx_path, enrolled=enrolled, far_target=far_target, int8=int8,
+                make_zip=make_zip, cohort=cohort, cohort_labels=cohort_labels,
+                cohort_name="public pack",
+                min_tar=DEFAULT_MIN_TAR if min_tar is None else min_tar, force=force)
         h.set_state("last_bundle", str(Path(path).resolve()))
+        # what enroll's same-face check compares against while this model is current
+        h.set_state("last_calibration", {
+            "threshold": float(report["calibration"]["threshold"]),
+            "far_target": float(far_target), "model_sha256": meta.get("model_sha256", ""),
+            "trained_at": meta.get("trained_at", ""), "bundle": str(Path(path).resolve())})
     return {"bundle": str(path), "identities": sorted(enrolled),
             "model_version": int(meta.get("model_version", 0)),
             "threshold": float(report["calibration"]["threshold"]) if "calibration" in report
             else None, "report": report}
+
+
+def _cohort_sample(pack, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` public pack images (a fixed draw) and their labels: the cohort."""
+    rng = np.random.default_rng(0)
+    sel = np.sort(rng.permutation(len(pack.images))[:n])
+    return pack.images[sel], np.asarray(pack.labels, np.int64)[sel]
 
 
 def _bundle_path(h: DeviceHome, bundle: str | os.PathLike[str] | None) -> Path:

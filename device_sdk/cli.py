@@ -3,12 +3,13 @@
 ::
 
     device_sdk [--home DIR] [--json] register --server URL --enrollment-token TOKEN [--force]
-    device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...]
+    device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...] [--force]
     device_sdk [--home DIR] [--json] identities
     device_sdk [--home DIR] [--json] forget NAME
     device_sdk [--home DIR] [--json] train [--rounds N | --forever] [--wait SECONDS]
                                            [--device auto|cpu|cuda]
     device_sdk [--home DIR] [--json] export --out BUNDLE [--int8] [--far 1e-3] [--zip]
+                                            [--min-tar 0.5] [--force]
     device_sdk [--home DIR] [--json] verify IMAGE --as NAME [--bundle BUNDLE]
     device_sdk [--home DIR] [--json] identify IMAGE [--bundle BUNDLE]
     device_sdk [--home DIR] [--json] status
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "detected and aligned. If any file fails, nothing is stored.")
     p.add_argument("name", metavar="NAME", help="1-64 characters, no / \\ or control chars")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG...)")
+    p.add_argument("--force", action="store_true", help="enroll even when the face matches "
+                   "another enrolled identity (the same person under two names)")
     _common(p, top=False)
     p.set_defaults(func=_enroll)
 
@@ -136,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--far", type=float, default=1e-3, help="false accept rate the threshold "
                    "is calibrated at (default 1e-3)")
     p.add_argument("--zip", action="store_true", help="write one .zip file")
+    p.add_argument("--min-tar", type=float, default=None, metavar="RATE", help="refuse "
+                   "(unless --force) when the TAR at the threshold, or its estimate from "
+                   "augmented views of the enrolled photos when nobody has two, is below "
+                   "RATE (default 0.5)")
+    p.add_argument("--force", action="store_true", help="write the bundle even when the "
+                   "calibration fails a check (the warnings are kept in bundle.json)")
     _common(p, top=False)
     p.set_defaults(func=_export)
 
@@ -185,14 +194,20 @@ def _enroll(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
     try:
-        r = api.enroll(args.home, args.name, args.images, progress=progress)
+        r = api.enroll(args.home, args.name, args.images, progress=progress, force=args.force)
     finally:
         if bar is not None:
             bar.close()
     verb = "enrolled" if r["created"] else "updated"
     dup = f", {r['skipped_duplicates']} duplicate(s) skipped" if r["skipped_duplicates"] else ""
+    c = r.get("identity_check") or {}
+    near = ""
+    if c.get("closest") is not None:
+        near = (f"\nclosest other identity {c['closest']!r}: score {c['score']:.4f}, threshold "
+                f"{c['threshold']:.4f} ({c['threshold_source']})"
+                + (" — enrolled anyway (--force)" if c.get("forced") else ""))
     _emit(args, r, f"{verb} {r['name']!r}: {r['added']} image(s) added{dup}, "
-                   f"{r['total_images']} in all")
+                   f"{r['total_images']} in all{near}")
     return EXIT_OK
 
 
@@ -260,11 +275,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from export.bundle import format_calibration
+
     r = api.export(args.home, args.out, int8=args.int8, far_target=args.far,
-                   make_zip=args.zip)
-    thr = "" if r["threshold"] is None else f", threshold {r['threshold']:.4f} at FAR {args.far:g}"
+                   make_zip=args.zip, min_tar=args.min_tar, force=args.force)
     _emit(args, r, f"exported {r['bundle']}: {len(r['identities'])} identities, model "
-                   f"v{r['model_version']}{thr}")
+                   f"v{r['model_version']}\n" + format_calibration(r["report"]["calibration"]))
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "DataFormatError",
     "DetectorUnavailable",
     "DeviceSDKError",
+    "DuplicateIdentityError",
     "EnrollError",
     "FaceError",
     "HomeError",
@@ -94,3 +95,13 @@ class ServerError(Exception):
 
 class ServerUnavailable(Exception):
     """The aggregator could not be reached (connection refused, DNS, timeouts), after retries."""
+
+
+class DuplicateIdentityError(DeviceSDKError, ValueError):
+    """``enroll``: the new images show a face already enrolled under another name (identical
+    pixels, or a score against that identity's template at or above the model's threshold);
+    nothing was stored. ``other``, ``score`` and ``threshold`` say which and by how much."""
+
+    def __init__(self, message: str, other: str, score: float, threshold: float | None) -> None:
+        super().__init__(message)
+        self.other, self.score, self.threshold = other, score, threshold

@@ -367,13 +367,15 @@ def validation_report(emb: np.ndarray, labels: np.ndarray, *,
     Returns:
         ``{"num_images", "num_identities", "num_genuine", "num_impostor", "tar_at_far"
         {"1e-02": float | None (None: too few impostor pairs for that FAR)}, "eer", "auc",
-        "rank1"}``.
+        "rank1", "threshold_at_far" {"1e-02": float | None}}``; the thresholds are
+        :func:`far_thresholds` of the impostor pairs.
     """
     from fedfr.metrics import cosine_similarity_matrix, rank1_accuracy
 
     lab = np.asarray(labels)
     pairs, issame = validation_pairs(lab, max_impostor_pairs=max_impostor_pairs, seed=seed)
-    ver = pairs_report(pair_scores(emb, pairs), issame, fars)
+    scores = pair_scores(emb, pairs)
+    ver = pairs_report(scores, issame, fars)
     _, first = np.unique(lab, return_index=True)
     probe = np.ones(len(lab), bool)
     probe[first] = False
@@ -382,7 +384,42 @@ def validation_report(emb: np.ndarray, labels: np.ndarray, *,
     return {"num_images": len(lab), "num_identities": len(first),
             "num_genuine": ver["num_genuine"], "num_impostor": ver["num_impostor"],
             "tar_at_far": ver["tar_at_far"], "eer": ver["eer"], "auc": ver["auc"],
-            "rank1": rank1}
+            "rank1": rank1, "threshold_at_far": far_thresholds(scores[~issame], fars)}
+
+
+#: Where a model keeps the thresholds calibrated on the data it was trained or validated on:
+#: a key of its checkpoint metadata, and of its ONNX ``metadata_props`` (as JSON).
+THRESHOLDS_KEY = "fedfr.thresholds"
+
+
+def far_thresholds(impostor_scores: np.ndarray,
+                   fars: Sequence[float] = VALIDATION_FARS) -> dict[str, float | None]:
+    """``{"1e-03": t}``: the smallest threshold accepting at most that fraction of the
+    impostor scores (:func:`fedfr.metrics.impostor_threshold`); ``None`` where the pairs are
+    too few to resolve the FAR (``far * pairs < 1``)."""
+    from fedfr.metrics import impostor_threshold
+
+    s = np.asarray(impostor_scores, np.float64)
+    return {_rate_key(f): (float(impostor_threshold(s, f)) if s.size and f * s.size >= 1
+                           else None) for f in fars}
+
+
+def model_thresholds(report: dict, source: str) -> dict:
+    """A model's :data:`THRESHOLDS_KEY` metadata from a :func:`validation_report`:
+    ``{"far": {"1e-01": t, "1e-02": t, "1e-03": t}, "source", "pairs", "genuine_pairs",
+    "tar_at_far"}`` (``pairs``: the impostor pairs the thresholds come from)."""
+    return {"far": dict(report["threshold_at_far"]), "source": source,
+            "pairs": int(report["num_impostor"]), "genuine_pairs": int(report["num_genuine"]),
+            "tar_at_far": dict(report["tar_at_far"])}
+
+
+def calibrate_model_thresholds(embed: EmbedFn, images: np.ndarray, labels: np.ndarray,
+                               source: str, *, batch_size: int = 256) -> dict:
+    """:func:`model_thresholds` of ``embed`` on (images, labels) (every identity's pairs, as
+    :func:`validation_pairs`)."""
+    emb = np.concatenate([embed(images[i:i + batch_size])
+                          for i in range(0, len(images), batch_size)])
+    return model_thresholds(validation_report(emb, labels), source)
 
 
 def evaluate_model_on_validation(model, images: np.ndarray, labels: np.ndarray, *,

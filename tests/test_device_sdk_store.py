@@ -27,6 +27,7 @@ from device_sdk.cli import main
 from device_sdk.errors import (
     DataFormatError,
     DeviceSDKError,
+    DuplicateIdentityError,
     HomeError,
     MultipleFacesError,
     NoFaceError,
@@ -184,8 +185,11 @@ def test_duplicates_are_skipped(faces, tmp_path, capsys):
     code, out, _ = _run(h, "enroll", "alice", str(a), str(b), capsys=capsys)
     assert code == 0 and "1 image(s) added, 1 duplicate(s) skipped, 2 in all" in out
     assert len(_files(h / "crops")) == 2
-    # the same face for another identity is not a duplicate of it
-    assert api.enroll(h, "carol", [a])["added"] == 1
+    # the same pixels under another name: refused (the same face twice), unless forced;
+    # forced, it is not skipped as a duplicate of the other identity's image
+    with pytest.raises(DuplicateIdentityError, match="already enrolled as 'alice'"):
+        api.enroll(h, "carol", [a])
+    assert api.enroll(h, "carol", [a], force=True)["added"] == 1
 
 
 def test_enroll_is_all_or_nothing(faces, tmp_path, capsys):

@@ -235,7 +235,7 @@ def test_round_with_two_devices_then_export_verify_identify(fleet, shared, tmp_p
 
     home, images = fleet["devices"][1]
     name = "person d1-0"
-    ex = api.export(home, tmp_path / "bundle")
+    ex = api.export(home, tmp_path / "bundle", force=True)  # random crops: guards refuse
     assert ex["model_version"] == rd["base_version"]
     assert set(images) <= set(ex["identities"])
     assert Path(ex["bundle"]).is_dir()
@@ -289,7 +289,7 @@ def test_second_round_new_identity_and_forget(fleet, shared, tmp_path, no_open_r
     assert api.forget(h0, gone)["removed_images"] == 4
     _, stored = stored_private(h0)
     assert len(stored) == 3 and labels[2] not in stored.tolist()
-    ex = api.export(h0, tmp_path / "bundle")
+    ex = api.export(h0, tmp_path / "bundle", force=True)
     from export.bundle import Bundle
 
     names = Bundle.load(ex["bundle"]).names
@@ -610,7 +610,8 @@ def test_cli_register_enroll_train_export_verify_identify(shared, tmp_path, caps
     assert "token" not in out.lower()
 
     bundle = tmp_path / "bundle"
-    code, out, err = cli(home, "export", "--out", str(bundle), "--json", capsys=capsys)
+    code, out, err = cli(home, "export", "--out", str(bundle), "--json", "--force",
+                         capsys=capsys)
     assert code == 0, err
     ex = json.loads(out)
     assert ex["bundle"] == str(bundle) and ex["identities"] == ["cli person 0", "cli person 1"]

@@ -95,3 +95,28 @@ def test_bad_inputs_are_rejected(tmp_path):
     with pytest.raises(ValueError):
         PretrainConfig(epochs=0)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_checkpoint_and_its_onnx_carry_thresholds_calibrated_where_it_was_trained(
+        trained, tmp_path):
+    import json
+
+    from export.onnx_export import export_checkpoint, read_metadata
+    from fedfr.evaluation import far_thresholds, validation_pairs
+
+    images, labels, result = trained
+    th = read_checkpoint(result.checkpoint).metadata["fedfr.thresholds"]
+    assert th["source"].startswith("training set: 96 of its images, 6 identities")
+    pairs, same = validation_pairs(labels)
+    assert th["pairs"] == int((~same).sum()) and th["genuine_pairs"] == int(same.sum())
+    ck = read_checkpoint(result.checkpoint)  # recomputed from the saved backbone's embeddings
+    emb = embed_images(load_backbone(result.checkpoint, "mbf_tiny").eval(), images,
+                       contract=ck.contract)
+    imp = np.einsum("ij,ij->i", emb[pairs[~same, 0]], emb[pairs[~same, 1]])
+    want = far_thresholds(imp)
+    assert set(th["far"]) == {"1e-01", "1e-02", "1e-03"}
+    for k, t in th["far"].items():
+        assert t == pytest.approx(want[k], abs=1e-4)
+    meta = read_metadata(export_checkpoint(result.checkpoint, tmp_path / "g.onnx",
+                                           arch="mbf_tiny"))
+    assert json.loads(meta["fedfr.thresholds"]) == th

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fedfr.backbones import build_backbone, get_backbone_spec
 from fedfr.checkpoint import save_checkpoint
+from fedfr.evaluation import THRESHOLDS_KEY
 from fedfr.heads import MARGIN_PRESETS, MarginConfig, NormalizedClassHead, margin_cross_entropy
 from fedfr.train.embedding import preprocess
 from fedfr.train.runtime import autocast, memory_format, resolve_device
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Name of the public class embedding matrix (C, D) in a pretrained checkpoint.
 PUBLIC_EMBEDDINGS_KEY = "head.public_class_embeddings"
+#: Training images the stored thresholds are calibrated on when no validation set is given.
+THRESHOLD_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ def pretrain(
     *,
     metadata: dict[str, str | int | float] | None = None,
     progress: bool = True,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    threshold_images: int = THRESHOLD_IMAGES,
 ) -> PretrainResult:
     """Train ``cfg.arch`` with a margin loss on (images, labels) and save a checkpoint.
 
@@ -118,6 +123,11 @@ def pretrain(
         labels: int (N,) class indices 0..C-1 (C = max + 1).
         out_path: the safetensors checkpoint to write (atomically).
         metadata: extra provenance stored in the checkpoint (data set, profile...).
+        validation: (images, labels) of identities not trained on; the thresholds at FAR
+            1e-1/1e-2/1e-3 stored in the checkpoint (metadata ``fedfr.thresholds``, see
+            :func:`fedfr.evaluation.model_thresholds`) are calibrated on them. Without it,
+            on up to ``threshold_images`` training images (a fixed draw), named as such in
+            the metadata's ``source``: seen identities, so optimistic for new people.
 
     Returns:
         The checkpoint path and per-epoch loss/accuracy/lr history.
@@ -200,6 +210,8 @@ def pretrain(
         "epochs": cfg.epochs,
         "final_loss": history[-1]["loss"],
         "pretrain_config": str(asdict(cfg)),
+        THRESHOLDS_KEY: _thresholds(backbone, spec.contract, device, images, labels,
+                                    validation, threshold_images, cfg.seed),
         **(metadata or {}),
     }
     out_path = Path(out_path)
@@ -214,6 +226,32 @@ def pretrain(
         metadata=meta,
     )
     return PretrainResult(out_path, history, seconds, len(labels) * cfg.epochs / seconds)
+
+
+def _thresholds(backbone: nn.Module, contract, device: torch.device, images: np.ndarray,
+                labels: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
+                limit: int, seed: int) -> dict:
+    """The ``fedfr.thresholds`` metadata of the trained backbone (see :func:`pretrain`)."""
+    from fedfr.evaluation import backbone_embedder, calibrate_model_thresholds
+
+    if validation is not None:
+        vi, vl = validation[0], np.asarray(validation[1])
+        source = (f"validation set given to pretrain: {len(vl)} images of "
+                  f"{len(np.unique(vl))} identities not trained on")
+    else:
+        sel = np.arange(len(labels))
+        if len(sel) > limit:
+            sel = np.sort(np.random.default_rng(seed).permutation(len(sel))[:limit])
+        vi, vl = images[sel], labels[sel]
+        source = (f"training set: {len(vl)} of its images, {len(np.unique(vl))} identities "
+                  f"(seen in training: optimistic for new people)")
+    embed = backbone_embedder(backbone, contract, device=str(device))
+    try:
+        return calibrate_model_thresholds(embed, vi, vl, source)
+    except ValueError as e:  # one identity only: no impostor pair
+        return {"far": {}, "source": source, "error": str(e)}
+    finally:
+        backbone.train()
 
 
 def _free_memory(device: torch.device) -> float:
