@@ -18,6 +18,9 @@ const state = {
   pending: [], // camera frames waiting to be enrolled: raw RGBA
   stream: null,
   detector: null, // Promise<MTCNN>, loaded on first use (a photo that is not a crop)
+  // crop-sized images must look like a face (ONet), as device_sdk checks them; the page
+  // opened with ?crops=unchecked takes them as they are (aligned crops of a data set)
+  checkCrops: new URLSearchParams(location.search).get("crops") !== "unchecked",
 };
 
 /** The face detector (fetched, sha256-checked and loaded once, on first use). */
@@ -392,7 +395,7 @@ function clearEnrollInputs() {
 
 async function embedOne(source, face = null) {
   const b = await requireBundle();
-  return b.embed(source, { detector: getDetector, face });
+  return b.embed(source, { detector: getDetector, face, checkCrops: state.checkCrops });
 }
 
 /**
@@ -583,7 +586,8 @@ const api = {
   async preprocess(imageUrl, { face = null } = {}) {
     return guarded(async () => {
       const b = await requireBundle();
-      const p = await b.prepare(imageUrl, { detector: getDetector, face });
+      const p = await b.prepare(imageUrl, { detector: getDetector, face,
+                                            checkCrops: state.checkCrops });
       const { height, width } = b.cropSize;
       return { pixels: p.pixels, method: p.method, faces: p.faces, face: p.face, width, height,
                tensor: normalizeNCHW(p.pixels, b.meta.input.mean, b.meta.input.std, height,

@@ -27,6 +27,9 @@ export const MTCNN_WEIGHTS = {
   onet: "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
 };
 export const MTCNN_URL = new URL("./models/mtcnn/", import.meta.url).href;
+/** A crop-sized image is taken as an aligned face if ONet scores it at least this
+ * (device_sdk/faces.py CROP_FACE_SCORE, MTCNN's own final threshold). */
+export const CROP_FACE_SCORE = 0.7;
 
 /** ArcFace destination landmarks of a 112x112 crop (fedfr/data/align.py ARCFACE_TEMPLATE_112). */
 export const ARCFACE_TEMPLATE_112 = [
@@ -308,6 +311,18 @@ export class MTCNN {
         executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     }
     return new MTCNN(sessions, options);
+  }
+
+  /**
+   * ONet's face probability of a whole (aligned) crop taken as one box, as
+   * device_sdk/faces.py crop_face_score computes it.
+   * @param {Uint8Array} rgb (h, w, 3)
+   */
+  async cropFaceScore(rgb, h, w) {
+    const img = Float32Array.from(rgb);
+    const out = await this.sessions.onet.run({
+      input_3: this._crops(img, h, w, [[1, 1, w, h, 1.0]], 48) });
+    return out.softmax_2.data[1];
   }
 
   /**

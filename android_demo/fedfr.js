@@ -5,7 +5,7 @@
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import { sha256Hex } from "./sha256.js";
-import { FaceError, alignFace, rgbaToRGB, templateFor } from "./faces.js";
+import { CROP_FACE_SCORE, FaceError, alignFace, rgbaToRGB, templateFor } from "./faces.js";
 
 export { FaceError };
 
@@ -495,7 +495,9 @@ export class Bundle {
 
   /**
    * The crop the model sees, as Python's device_sdk.faces.prepare_face makes it: an image of
-   * exactly the crop's size is taken as an aligned crop as is ("crop"); any other is searched
+   * exactly the crop's size is taken as an aligned crop as is ("crop") — with `checkCrops`,
+   * only if ONet scores it as a face (>= CROP_FACE_SCORE; else FaceError "no face found"); any
+   * other is searched
    * for faces with `detector` (an MTCNN or a function returning one): exactly one, or the one
    * numbered `face` (0-based, best score first) → aligned onto the template ("aligned"); none →
    * FaceError "no face found in LABEL"; several and no `face` → FaceError "N faces found…"
@@ -503,14 +505,25 @@ export class Bundle {
    * @returns {Promise<{pixels: Uint8Array, method: string, faces: Array, face: number|null,
    *                    image: object, label: string}>}
    */
-  async prepare(source, { detector = null, face = null, label = null } = {}) {
+  async prepare(source, { detector = null, face = null, label = null, checkCrops = false } = {}) {
     const rgba = await imageToRGBA(source);
     const name = label || sourceLabel(source);
     const { height: H, width: W } = this.cropSize;
     const n = rgba.width * rgba.height;
     if (rgba.width === W && rgba.height === H) {
-      return { pixels: rgbaToRGB(rgba.data, n), method: "crop", faces: [], face: null,
-               image: rgba, label: name };
+      const pixels = rgbaToRGB(rgba.data, n);
+      if (checkCrops) {
+        const det = typeof detector === "function" ? await detector() : detector;
+        const score = await det.cropFaceScore(pixels, H, W);
+        if (!(score >= CROP_FACE_SCORE)) {
+          throw new FaceError(
+            `no face found in ${name}: a ${W}x${H} image is taken as an aligned face crop, ` +
+            `and this one does not look like one (face score ${score.toFixed(3)} < ` +
+            `${CROP_FACE_SCORE}): nothing was enrolled or scored`,
+            { count: 0, image: rgba, label: name });
+        }
+      }
+      return { pixels, method: "crop", faces: [], face: null, image: rgba, label: name };
     }
     const det = typeof detector === "function" ? await detector() : detector;
     if (!det) throw new FaceError(`no face detector: ${name} is not a ${W}x${H} crop`);

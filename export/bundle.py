@@ -410,11 +410,13 @@ class Bundle:
     def threshold(self) -> float:
         return float(self.manifest["threshold"])
 
-    def embed(self, images: np.ndarray | Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    def embed(self, images: np.ndarray | Sequence[str | os.PathLike[str]], *,
+              check_crops: bool = False) -> np.ndarray:
         """(N, D) L2-normalized embeddings of image files, or of uint8 (N, H, W, 3) RGB
         images. An image of exactly the bundle's crop size is taken as an aligned crop; any
         other is a photo: its one face is found and aligned as device_sdk does it
-        (:mod:`export.faces`, the same steps as the web page).
+        (:mod:`export.faces`, the same steps as the web page). ``check_crops``: a crop-sized
+        image must look like a face (device_sdk's check).
 
         Raises:
             DataFormatError: a file that is not an image (naming it).
@@ -428,10 +430,12 @@ class Bundle:
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got "
                                  f"{images.dtype} {images.shape}")
-            crops = np.stack([face_crop(im, source=f"image #{k}", input_meta=inp)
+            crops = np.stack([face_crop(im, source=f"image #{k}", input_meta=inp,
+                                        check_crops=check_crops)
                               for k, im in enumerate(images)]) if len(images) else images
         else:
-            crops = np.stack([load_face_crop(p, input_meta=inp) for p in images])
+            crops = np.stack([load_face_crop(p, input_meta=inp, check_crops=check_crops)
+                              for p in images])
         x = normalize(crops, self.manifest["input"]["mean"], self.manifest["input"]["std"])
         return self.run(x)
 
@@ -452,19 +456,23 @@ class Bundle:
             raise KeyError(f"{name!r} is not enrolled in this bundle (enrolled: "
                            f"{', '.join(self.names) or 'nobody'})") from None
 
-    def verify(self, image: str | os.PathLike[str] | np.ndarray, name: str) -> dict:
+    def verify(self, image: str | os.PathLike[str] | np.ndarray, name: str, *,
+               check_crops: bool = False) -> dict:
         """``{"name", "score", "threshold", "accepted"}`` for one image against one person."""
         i = self._index(name)
-        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None])[0]
+        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None],
+                       check_crops=check_crops)[0]
         score = float(self.templates[i] @ e)
         return {"name": name, "score": score, "threshold": self.threshold,
                 "accepted": score >= self.threshold}
 
-    def identify(self, image: str | os.PathLike[str] | np.ndarray) -> dict:
+    def identify(self, image: str | os.PathLike[str] | np.ndarray, *,
+                 check_crops: bool = False) -> dict:
         """``{"name" (or "unknown"), "best", "score", "threshold"}``."""
         if not self.names:
             raise KeyError("nobody is enrolled in this bundle")
-        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None])[0]
+        e = self.embed([image] if not isinstance(image, np.ndarray) else image[None],
+                       check_crops=check_crops)[0]
         scores = self.templates @ e
         k = int(np.argmax(scores))
         ok = float(scores[k]) >= self.threshold

