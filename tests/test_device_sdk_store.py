@@ -121,8 +121,24 @@ def test_large_photo_is_searched_downscaled_and_cropped_at_full_size(faces):
 
 
 def test_crop_is_taken_as_is_and_errors_name_the_file(faces, tmp_path):
-    crop, method = prepare_face(faces[1], source="c.png")
+    crop, method = prepare_face(faces[1], source="c.png", check_crops=False)
     assert method == "crop" and np.array_equal(crop, faces[1])
+    # checked (the default): a crop-sized image must look like a face to MTCNN's ONet
+    det = MTCNNDetector()
+    scores = [det.crop_face_score(f) for f in faces]
+    for f, sc in zip(faces, scores, strict=True):
+        if sc >= 0.7:
+            assert prepare_face(f, source="f.png", detector=det)[1] == "crop"
+        else:
+            with pytest.raises(NoFaceError, match=r"f\.png.*face score"):
+                prepare_face(f, source="f.png", detector=det)
+    rng = np.random.default_rng(0)
+    for what, img in (("noise", rng.integers(0, 256, (112, 112, 3), np.uint8)),
+                      ("white", np.full((112, 112, 3), 255, np.uint8)),
+                      ("grey", np.full((112, 112, 3), 128, np.uint8))):
+        assert det.crop_face_score(img) < 0.05, what
+        with pytest.raises(NoFaceError, match=rf"{what}\.png: a 112x112 image .*unchecked"):
+            prepare_face(img, source=f"{what}.png", detector=det)
 
     blank = _save(tmp_path / "blank.png", np.full((300, 400, 3), 128, np.uint8))
     with pytest.raises(NoFaceError, match=r"^no face found in .*blank\.png$"):
@@ -150,6 +166,7 @@ def test_enroll_crops_and_photos_then_identities(faces, tmp_path, capsys):
     c1 = _save(tmp_path / "a1.png", faces[1])
     p2 = _save(tmp_path / "photo.jpg", _photo([faces[2]], [(40, 100)]))
     code, out, err = _run(h, "--json", "enroll", "alice", str(c0), str(c1), str(p2),
+                          "--unchecked-crops",
                           capsys=capsys)
     assert code == 0, err
     assert json.loads(out) == {"name": "alice", "created": True, "added": 3,
@@ -164,7 +181,8 @@ def test_enroll_crops_and_photos_then_identities(faces, tmp_path, capsys):
     assert np.array_equal(read_image(h / rows[0][2]), faces[0])  # a crop is stored losslessly
 
     # bob by the library API; the listing is by name, JSON and text
-    assert api.enroll(h, "bob", [c0])["total_images"] == 1
+    c3 = _save(tmp_path / "b0.png", faces[3])
+    assert api.enroll(h, "bob", [c3], check_crops=False)["total_images"] == 1
     code, out, _ = _run(h, "identities", "--json", capsys=capsys)  # --json after the command
     assert code == 0 and json.loads(out) == [{"name": "alice", "images": 3},
                                              {"name": "bob", "images": 1}]
@@ -179,17 +197,17 @@ def test_duplicates_are_skipped(faces, tmp_path, capsys):
     a = _save(tmp_path / "a.png", faces[0])
     same_pixels = _save(tmp_path / "copy.png", faces[0])
     b = _save(tmp_path / "b.png", faces[1])
-    assert api.enroll(h, "alice", [a, same_pixels]) == {
+    assert api.enroll(h, "alice", [a, same_pixels], check_crops=False) == {
         "name": "alice", "created": True, "added": 1, "skipped_duplicates": 1,
         "total_images": 1}
-    code, out, _ = _run(h, "enroll", "alice", str(a), str(b), capsys=capsys)
+    code, out, _ = _run(h, "enroll", "alice", str(a), str(b), "--unchecked-crops", capsys=capsys)
     assert code == 0 and "1 image(s) added, 1 duplicate(s) skipped, 2 in all" in out
     assert len(_files(h / "crops")) == 2
     # the same pixels under another name: refused (the same face twice), unless forced;
     # forced, it is not skipped as a duplicate of the other identity's image
     with pytest.raises(DuplicateIdentityError, match="already enrolled as 'alice'"):
-        api.enroll(h, "carol", [a])
-    assert api.enroll(h, "carol", [a], force=True)["added"] == 1
+        api.enroll(h, "carol", [a], check_crops=False)
+    assert api.enroll(h, "carol", [a], force=True, check_crops=False)["added"] == 1
 
 
 def test_enroll_is_all_or_nothing(faces, tmp_path, capsys):
@@ -201,6 +219,7 @@ def test_enroll_is_all_or_nothing(faces, tmp_path, capsys):
     blank = _save(tmp_path / "wall.png", np.full((200, 260, 3), 90, np.uint8))
 
     code, out, err = _run(h, "--json", "enroll", "bob", str(good), str(broken), str(blank),
+                          "--unchecked-crops",
                           capsys=capsys)
     assert code == 1
     assert "broken.jpg" in err and "no face found in" in err and "wall.png" in err
@@ -210,9 +229,9 @@ def test_enroll_is_all_or_nothing(faces, tmp_path, capsys):
     assert api.identities(h) == [] and _files(h / "crops") == []
 
     # an existing identity is left as it was
-    api.enroll(h, "bob", [good])
+    api.enroll(h, "bob", [good], check_crops=False)
     with pytest.raises(DeviceSDKError, match=r"broken\.jpg"):
-        api.enroll(h, "bob", [good2, broken])
+        api.enroll(h, "bob", [good2, broken], check_crops=False)
     assert api.identities(h) == [{"name": "bob", "images": 1}]
     assert len(_files(h / "crops")) == 1
 
@@ -233,7 +252,7 @@ def test_a_failed_write_stores_nothing_and_crash_leftovers_are_swept(faces, tmp_
         real(path, data)
 
     monkeypatch.setattr(fedfr.io, "write_bytes_atomic", flaky)
-    code, _, err = _run(h, "enroll", "dave", *map(str, paths), capsys=capsys)
+    code, _, err = _run(h, "enroll", "dave", *map(str, paths), "--unchecked-crops", capsys=capsys)
     assert code == 1 and "No space left on device" in err
     assert _rows(h, "SELECT COUNT(*) FROM identities") == [(0,)]
     assert _files(h / "crops") == []  # the first crop, written, was removed again
@@ -243,11 +262,11 @@ def test_a_failed_write_stores_nothing_and_crash_leftovers_are_swept(faces, tmp_
     stray_dir = h / "crops" / "999"
     stray_dir.mkdir()
     (stray_dir / "x.png").write_bytes(b"x")
-    api.enroll(h, "dave", paths[:1])
+    api.enroll(h, "dave", paths[:1], check_crops=False)
     (ident,) = _rows(h, "SELECT id FROM identities")[0]
     stray = h / "crops" / str(ident) / ("0" * 64 + ".png")
     stray.write_bytes(b"y")
-    api.enroll(h, "dave", paths[1:2])
+    api.enroll(h, "dave", paths[1:2], check_crops=False)
     assert not stray_dir.exists() and not stray.exists()
     assert len(_files(h / "crops")) == 2
 
@@ -257,7 +276,7 @@ def test_a_failed_write_stores_nothing_and_crash_leftovers_are_swept(faces, tmp_
 def test_bad_names_are_refused(name, faces, tmp_path, capsys):
     h = tmp_path / "home"
     crop = _save(tmp_path / "c.png", faces[0])
-    code, _, err = _run(h, "enroll", name, str(crop), capsys=capsys)
+    code, _, err = _run(h, "enroll", name, str(crop), "--unchecked-crops", capsys=capsys)
     assert code == 1 and "name" in err and "Traceback" not in err
     assert api.identities(h) == [] and _files(h / "crops") == []
 
@@ -265,17 +284,18 @@ def test_bad_names_are_refused(name, faces, tmp_path, capsys):
 def test_names_are_unicode_normalized(faces, tmp_path):
     h = tmp_path / "home"
     crops = [_save(tmp_path / f"{i}.png", faces[i]) for i in range(2)]
-    assert api.enroll(h, "Zoe\u0301", crops[:1])["created"] is True  # decomposed é
-    assert api.enroll(h, "Zo\u00e9", crops[1:])["created"] is False  # composed é
-    assert api.enroll(h, "x" * 64, crops[:1])["created"] is True
+    assert api.enroll(h, "Zoe\u0301", crops[:1],
+                      check_crops=False)["created"] is True  # decomposed é
+    assert api.enroll(h, "Zo\u00e9", crops[1:], check_crops=False)["created"] is False  # composed é
+    assert api.enroll(h, "x" * 64, crops[:1], check_crops=False, force=True)["created"] is True
     assert api.identities(h)[0] == {"name": "Zo\u00e9", "images": 2}
 
 
 def test_forget_removes_rows_files_and_private_state(faces, tmp_path, capsys):
     h = tmp_path / "home"
     crops = [_save(tmp_path / f"{i}.png", faces[i]) for i in range(3)]
-    api.enroll(h, "carol", crops[:2])
-    api.enroll(h, "erin", crops[2:])
+    api.enroll(h, "carol", crops[:2], check_crops=False)
+    api.enroll(h, "erin", crops[2:], check_crops=False)
     (cid,) = _rows(h, "SELECT id FROM identities WHERE name = 'carol'")[0]
     with home.DeviceHome(h) as dh:  # what a later slice keeps for carol
         private = dh.make_dir(dh.private_dir(cid))
@@ -294,7 +314,7 @@ def test_forget_removes_rows_files_and_private_state(faces, tmp_path, capsys):
     assert code == 1 and "no identity named 'carol'" in err and "erin" in err
 
     # enrolled again, carol is a new identity with a new label (labels are never reused)
-    api.enroll(h, "carol", crops[:1])
+    api.enroll(h, "carol", crops[:1], check_crops=False)
     assert _rows(h, "SELECT name, label FROM identities ORDER BY label") == [("erin", 1),
                                                                             ("carol", 2)]
 
@@ -332,7 +352,7 @@ def test_home_layout_permissions_env_and_schema(tmp_path, monkeypatch, capsys):
 
 def test_migration_runs_the_missing_steps_and_keeps_the_data(faces, tmp_path, monkeypatch):
     h = tmp_path / "home"
-    api.enroll(h, "alice", [_save(tmp_path / "a.png", faces[0])])
+    api.enroll(h, "alice", [_save(tmp_path / "a.png", faces[0])], check_crops=False)
 
     def v2(c):
         c.execute("ALTER TABLE identities ADD COLUMN note TEXT NOT NULL DEFAULT ''")
@@ -459,7 +479,7 @@ def test_registration_sends_no_identity_name_or_image(faces, tmp_path, capsys):
     h = tmp_path / "home"
     secret = "Zoë Secretname"
     crop = _save(tmp_path / "secret_face.png", faces[0])
-    api.enroll(h, secret, [crop])
+    api.enroll(h, secret, [crop], check_crops=False)
     png = crop.read_bytes()
     stored = _files(h / "crops")[0].read_bytes()
 
