@@ -47,8 +47,9 @@ ARCFACE_TEMPLATE_112.setflags(write=False)
 #: (68 points, ``mean_face_shape_x/y`` in dlib's ``interpolation.h``, each ``p`` placed at
 #: ``(0.25 + p) / 1.5 * 150``); these are that shape's eye centres (means of points 36-41 and
 #: 42-47), nose tip (30) and mouth corners (48, 54), so a detector's five points give dlib's
-#: framing. On real photos, MTCNN + this template gives descriptors at cosine 0.95-0.996
-#: (median 0.993) to dlib's own detector + 5-point predictor + chip (docs/RESULTS.md).
+#: framing. On the real photos, MTCNN + this template gives descriptors at cosine 0.948-0.996
+#: (median 0.993) to dlib's own detector + 5-point predictor + chip
+#: (benchmarks/dlib_alignment.py).
 DLIB_TEMPLATE_150 = np.array(
     [
         [47.5492, 46.5990],
