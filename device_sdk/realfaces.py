@@ -1,15 +1,16 @@
 """Real faces from packages, through the device's own detection and alignment, as a check.
 
 The photos (:mod:`fedfr.data.realphotos`: scikit-image's data, the ``insightface`` and
-``face_recognition`` sdists' sample images, cached by set-up) hold 12 faces of 10 people:
-Barack Obama three times (``obama``, ``obama2``, ``obama3``), Joe Biden, Tom Hanks, Eileen
-Collins (``astronaut``) and the six people of ``t1.jpg``. That is **3 genuine pairs** and 63
-impostor pairs — far too few for a TAR at a low FAR; what they can show is whether a model
-separates these people at all (every genuine score above every impostor score?) and whether
-fine-tuning moves that.
+``face_recognition`` sdists' sample images, cached by set-up) hold 14 faces of 10 people:
+Barack Obama five times (``obama``, ``obama2``, ``obama3`` and two photos of his face cut by the
+image's edge), Joe Biden, Tom Hanks, Eileen Collins (``astronaut``) and the six people of
+``t1.jpg``. That is **10 genuine pairs** and 81 impostor pairs — far too few for a TAR at a
+low FAR; what they can show is whether a model separates these people at all (every genuine
+score above every impostor score?) and whether fine-tuning moves that.
 
-Each face goes through :func:`device_sdk.faces.prepare_face` (MTCNN + 5-point alignment), the
-path ``device_sdk enroll`` takes, so a model is judged on exactly the crops a device would store.
+Each face is found by MTCNN and aligned onto the ArcFace template (the best face of a
+one-person photo; every face of ``t1``), the path ``device_sdk enroll`` takes, so a model is
+judged on the crops a device would store.
 
 ::
 
@@ -29,7 +30,8 @@ import numpy as np
 __all__ = ["REAL_FACES", "real_face_crops", "real_pairs_report"]
 
 #: photo -> identity; ``t1`` holds six people, one identity each (``t1_0``.. by detection order).
-REAL_FACES = {"obama": "obama", "obama2": "obama", "obama3": "obama", "biden": "biden",
+REAL_FACES = {"obama": "obama", "obama2": "obama", "obama3": "obama",
+              "obama_partial_face": "obama", "obama_partial_face2": "obama", "biden": "biden",
               "tom_hanks": "tom_hanks", "astronaut": "eileen_collins", "t1": None}
 
 

@@ -13,6 +13,8 @@ name            source
 ``obama2``      … ``obama2.jpg``
 ``obama3``      … ``obama3.jpg``
 ``biden``       … ``biden.jpg``
+``obama_partial_face``   … ``obama_partial_face.jpg`` (cut at the image's edge)
+``obama_partial_face2``  … ``obama_partial_face2.jpg``
 ==============  ==========================================================================
 
 ``bash scripts/setup.sh`` fills the cache (``python -m fedfr.data.realphotos fetch``): it runs
@@ -47,7 +49,8 @@ _FILES = {
     "tom_hanks": ("Tom_Hanks_54745.png",
                   ("insightface", "insightface-0.7.3/insightface/data/images/Tom_Hanks_54745.png")),
     **{n: (f"{n}.jpg", ("face_recognition", f"face_recognition-1.3.0/tests/test_images/{n}.jpg"))
-       for n in ("obama", "obama2", "obama3", "biden")},
+       for n in ("obama", "obama2", "obama3", "biden", "obama_partial_face",
+                 "obama_partial_face2")},
 }
 NAMES = tuple(_FILES)
 SETUP_HINT = "run `bash scripts/setup.sh` (or `python -m fedfr.data.realphotos fetch`)"
