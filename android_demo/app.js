@@ -174,6 +174,34 @@ async function requireBundle() {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
+/**
+ * What the bundle's threshold was calibrated on (bundle.json "calibration", written by
+ * export/bundle.py): measured FAR on how many impostor pairs, the TAR — or that it is unknown,
+ * and the estimate from augmented views, named as such — and any warning a forced export kept.
+ */
+function calibrationRows(cal) {
+  if (!cal || typeof cal !== "object" || !isFinite(cal.threshold)) {
+    return [["calibration", "not recorded"]];
+  }
+  const rows = [];
+  if (isFinite(cal.far_measured)) {
+    rows.push(["FAR", `${fmt(cal.far_measured)} measured on ${cal.impostor_pairs ?? "?"} ` +
+                      "impostor pairs"]);
+  }
+  if (cal.tar !== null && cal.tar !== undefined && isFinite(cal.tar)) {
+    rows.push(["TAR", `${fmt(cal.tar)} on ${cal.genuine_pairs} genuine pairs`]);
+  } else {
+    const g = cal.genuine_estimate;
+    rows.push(["TAR", "unknown (no genuine pair)" +
+               (g && isFinite(g.tar) ? `; estimate ${fmt(g.tar)} from ${g.pairs} augmented views`
+                                     : "")]);
+  }
+  for (const w of Array.isArray(cal.warnings) ? cal.warnings : []) {
+    rows.push(["warning", String(w)]);
+  }
+  return rows;
+}
+
 function renderBundle() {
   const b = state.bundle;
   const info = $("bundle-info");
@@ -184,6 +212,7 @@ function renderBundle() {
     ["embedding", `${b.meta.embedding_size}-d`],
     ["threshold", `${fmt(b.threshold)}` +
                   (b.meta.far_target ? ` (FAR ${b.meta.far_target})` : "")],
+    ...calibrationRows(b.meta.calibration),
     ["created", b.meta.created_at || "?"],
   ];
   for (const [k, v] of rows) {

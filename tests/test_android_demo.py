@@ -236,7 +236,13 @@ class World:
                                  num_images={"alice": 1, "bob": 1}, threshold=self.threshold,
                                  far_target=0.001, int8_model=self.int8,
                                  calibration={"source": "test threshold between the genuine "
-                                              "and impostor scores of a random-weight model"})
+                                              "and impostor scores of a random-weight model",
+                                              # what export/bundle.py records (shown by the
+                                              # page; these values are the fixture's own)
+                                              "threshold": self.threshold, "far_target": 0.001,
+                                              "far_measured": 0.0, "impostor_pairs": 6,
+                                              "genuine_pairs": 0, "tar": None,
+                                              "genuine_estimate": {"tar": 1.0, "pairs": 12}})
         self._bad_bundles()
 
     def embed_py(self, path: Path, sess=None) -> np.ndarray:
@@ -627,6 +633,10 @@ def test_phone_ui_verify_and_screenshot(tab, world, tmp_path) -> None:
     page = tab.page
     page.wait_for_function("() => window.fedfrDemo.info() !== null", timeout=30_000)
     assert page.locator("#people li").count() == 2
+    # the calibration behind the threshold, as bundle.json records it
+    info = page.locator("#bundle-info").inner_text()
+    assert "0.0000 measured on 6 impostor pairs" in info, info
+    assert "unknown (no genuine pair); estimate 1.0000 from 12 augmented views" in info, info
     page.set_input_files("#probe-file", str(world.img / "alice_near.png"))
     page.select_option("#verify-name", "alice")
     page.click("#verify-btn")
