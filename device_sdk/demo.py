@@ -253,7 +253,7 @@ def run_demo(workdir: Path, *, devices: int | None = 4, rounds: int | None = 2,
         v1 = admin.publish_model(generic_path, public_pack=pack["sha256"],
                                  validation_set=val_sha)
         enroll_token = admin.enrollment_token(label="demo", max_uses=n)["enrollment_token"]
-        config = product_round_config(sim.local_config())
+        config = product_round_config(sim.local_config(), setup.model.arch)
         first = admin.start_round({"target": n, "min_devices": n, "over_selection": 1.0,
                                    "deadline_seconds": timeout, "config": config,
                                    "repeat": rounds})

@@ -98,13 +98,20 @@ def get_method(name: str) -> MethodSpec:
 #: profile's local configuration (epochs, batch, hard-negative cap).
 PRODUCT_ROUND = {"method": "fedavg_public", "local": {"lr": 0.01, "bn_policy": "train"}}
 
+#: Per-architecture changes to :data:`PRODUCT_ROUND`. ``dlib_r34`` (pretrained elsewhere, no
+#: BatchNorm): one local round of the fair profile's first device (docs/RESULTS.md, "A real
+#: pretrained recognizer") collapses every embedding to one point at lr 1e-2 and 1e-3 (all
+#: scores 1.0), and trains at 1e-4 (the device's test AUC 0.996).
+PRODUCT_ROUND_BY_ARCH = {"dlib_r34": {"lr": 1e-4}}
 
-def product_round_config(base: LocalConfig) -> dict:
-    """The round ``config`` JSON of :data:`PRODUCT_ROUND` over ``base``'s settable fields."""
+
+def product_round_config(base: LocalConfig, arch: str | None = None) -> dict:
+    """The round ``config`` JSON of :data:`PRODUCT_ROUND` over ``base``'s settable fields (with
+    :data:`PRODUCT_ROUND_BY_ARCH`'s changes for the model's ``arch``)."""
     from dataclasses import asdict
 
     d = {**{k: v for k, v in asdict(base).items() if k in ROUND_SETTABLE},
-         **PRODUCT_ROUND["local"]}
+         **PRODUCT_ROUND["local"], **PRODUCT_ROUND_BY_ARCH.get(arch or "", {})}
     return {"method": PRODUCT_ROUND["method"], "local": d}
 
 
