@@ -160,8 +160,26 @@ def test_create_bundle_report_and_guard(world, model, tmp_path):
     cal = json.loads((path / "bundle.json").read_text())["calibration"]
     assert cal["warnings"] and "below the floor" in cal["warnings"][0]
     # a given threshold that rejects the enrolled images against their own template
-    with pytest.raises(CalibrationError, match=r"rejects enrolled images.*'p0' 1\.0000"):
+    with pytest.raises(CalibrationError,
+                       match=r"rejects enrolled people on their own photos.*'p0' 1\.0000"):
         create_bundle(tmp_path / "t", model=model, enrolled=world["enrolled"], threshold=1.01)
+
+
+def test_one_outlier_photo_is_reported_not_refused():
+    """The self-score guard is about people: an identity whose median self-score is below the
+    threshold is refused; one outlier photo among several (the demo's synthetic devices: 1 of
+    200 images) is only counted in the report."""
+    from export.bundle import calibration_problems, format_calibration
+
+    cal = {"threshold": 0.7, "far_target": 1e-2, "far_measured": 0.006, "impostor_pairs": 100,
+           "impostor_sources": {}, "genuine_pairs": 900, "tar": 0.98,
+           "self_scores": {"min": 0.63, "min_identity": "p4", "images_below_threshold": 1,
+                           "images": 200, "below_threshold": {}}}
+    assert calibration_problems(cal, 0.5) == []
+    assert "1 of 200 images below the threshold" in format_calibration(cal)
+    cal["self_scores"]["below_threshold"] = {"p4": 0.65}
+    (msg,) = calibration_problems(cal, 0.5)
+    assert "rejects enrolled people" in msg and "'p4' 0.6500" in msg
 
 
 def test_export_cli_prints_the_report_and_refuses_without_force(world, model, tmp_path,
