@@ -30,6 +30,16 @@ export const MTCNN_URL = new URL("./models/mtcnn/", import.meta.url).href;
 /** A crop-sized image is taken as an aligned face if ONet scores it at least this
  * (device_sdk/faces.py CROP_FACE_SCORE, MTCNN's own final threshold). */
 export const CROP_FACE_SCORE = 0.7;
+/** Detections under this fraction of the largest face's height are background faces and do
+ * not count (device_sdk/faces.py BACKGROUND_FACE_RATIO and foreground_faces). */
+export const BACKGROUND_FACE_RATIO = 1 / 3;
+
+/** The faces that count, in their order: box height >= BACKGROUND_FACE_RATIO x the largest. */
+export function foregroundFaces(faces) {
+  if (faces.length < 2) return faces;
+  const top = Math.max(...faces.map((f) => f.box[3]));
+  return faces.filter((f) => f.box[3] >= BACKGROUND_FACE_RATIO * top);
+}
 
 /** ArcFace destination landmarks of a 112x112 crop (fedfr/data/align.py ARCFACE_TEMPLATE_112). */
 export const ARCFACE_TEMPLATE_112 = [

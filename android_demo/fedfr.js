@@ -5,7 +5,9 @@
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 import { sha256Hex } from "./sha256.js";
-import { CROP_FACE_SCORE, FaceError, alignFace, rgbaToRGB, templateFor } from "./faces.js";
+import {
+  CROP_FACE_SCORE, FaceError, alignFace, foregroundFaces, rgbaToRGB, templateFor,
+} from "./faces.js";
 
 export { FaceError };
 
@@ -528,7 +530,8 @@ export class Bundle {
     const det = typeof detector === "function" ? await detector() : detector;
     if (!det) throw new FaceError(`no face detector: ${name} is not a ${W}x${H} crop`);
     const rgb = rgbaToRGB(rgba.data, n);
-    const faces = await det.detect({ rgb, width: rgba.width, height: rgba.height });
+    const faces = foregroundFaces(await det.detect({ rgb, width: rgba.width,
+                                                      height: rgba.height }));
     if (!faces.length) {
       throw new FaceError(`no face found in ${name}: nothing was enrolled or scored`,
                           { count: 0, image: rgba, label: name });

