@@ -3,10 +3,14 @@
 ::
 
     python -m device_sdk.demo --workdir DIR [--devices 4] [--rounds 2] [--profile fair]
-                              [--pretrain-epochs E] [--seed S] [--pack-per-class 3]
+                              [--base dlib_r34|pretrain] [--pretrain-epochs E] [--seed S]
+                              [--pack-per-class 3]
 
-1. synthesize the profile's data set and pretrain the generic model on its public split, and
-   build the public pack (:func:`fedfr.sim.runner.prepare_seed`, the harness's own set-up);
+1. synthesize the profile's data set; the generic model is dlib's pretrained face recognizer
+   (``--base dlib_r34``, the default; its public class embeddings are the public identities'
+   mean embeddings) or the profile's backbone pretrained on the public split
+   (``--base pretrain``); build the public pack (:func:`fedfr.sim.runner.prepare_seed`, the
+   harness's own set-up);
 2. start the aggregator (``aggregator serve``: SQLite + files in ``DIR/server``) on a free
    loopback port, publish the model with its public pack, create an enrollment token and
    start ``R`` rounds (``repeat``) of ``N`` devices with the product's default round
@@ -21,7 +25,8 @@
 4. evaluate, with the same metrics as the research harness: the generic model before (v1)
    and after federated learning (the last version, downloaded with the admin API), and each
    device's recognizer before (the generic model) and after (its exported bundle, run by
-   ONNX Runtime) on its held-out images and strangers; print the table and write
+   ONNX Runtime) on its held-out images and strangers, and the generic models on the real
+   photos' pairs (:mod:`device_sdk.realfaces`); print the table and write
    ``DIR/report.json``.
 
 Nothing is shared between the devices and the demo process except the aggregator's HTTP API
@@ -178,13 +183,13 @@ def _metrics(ds, embed, device_embed=None) -> dict:
 def run_demo(workdir: Path, *, devices: int | None = 4, rounds: int | None = 2,
              profile: str = "fair", pretrain_epochs: int | None = None, seed: int = 0,
              device: str = "cpu", progress: bool = True, timeout: float = 1800.0,
-             pack_per_class: int | None = 3, base: str = "pretrain") -> dict:
+             pack_per_class: int | None = 3, base: str = "dlib_r34") -> dict:
     """Run the demo (module doc); returns the report also written to ``workdir/report.json``.
 
-    ``base``: ``"pretrain"`` (the profile's backbone pretrained on its public split) or
-    ``"dlib_r34"`` (dlib's pretrained network, :func:`fedfr.backbones.dlib_weights
-    .save_dlib_checkpoint`, with the public split's class means as its public class
-    embeddings)."""
+    ``base``: ``"dlib_r34"`` (the default: dlib's pretrained network,
+    :func:`fedfr.backbones.dlib_weights.save_dlib_checkpoint`, with the public split's class
+    means as its public class embeddings) or ``"pretrain"`` (the profile's backbone pretrained
+    on its public split)."""
     from aggregator.client import AdminClient
     from export.bundle import Bundle
     from fedfr.data.manifest import SyntheticDataset
@@ -453,10 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "images), tiny (a smoke run), small, paper")
     p.add_argument("--pack-per-class", type=int, default=3,
                    help="public images per identity in the devices' pack (default 3)")
-    p.add_argument("--base", default="pretrain", choices=("pretrain", "dlib_r34"),
-                   help="the generic model v1: pretrain (the profile's backbone, pretrained "
-                        "on its public split; default) or dlib_r34 (dlib's pretrained "
-                        "face-recognition network)")
+    p.add_argument("--base", default="dlib_r34", choices=("dlib_r34", "pretrain"),
+                   help="the generic model v1: dlib_r34 (dlib's pretrained face-recognition "
+                        "network; default) or pretrain (the profile's backbone pretrained on "
+                        "its public split, --pretrain-epochs)")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="pretraining epochs (default: the profile's)")
     p.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,8 @@ def test_shortened_demo_end_to_end(tmp_path):
 
     work = tmp_path / "demo"
     cmd = [sys.executable, "-m", "device_sdk.demo", "--workdir", str(work), "--profile", "tiny",
-           "--devices", "2", "--rounds", "1", "--pretrain-epochs", "3", "--quiet"]
+           "--devices", "2", "--rounds", "1", "--base", "pretrain", "--pretrain-epochs", "3",
+           "--quiet"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert p.returncode == 0, p.stderr[-4000:]
