@@ -37,9 +37,19 @@ def _images_in(path: Path) -> list[Path]:
 
 
 def _crops(paths: Sequence[Path]) -> np.ndarray:
+    """Images as 112x112 crops by a centre crop (int8 calibration inputs only)."""
     from export.preprocess import load_crop
 
     return np.stack([load_crop(p) for p in paths])
+
+
+def _face_crops(paths: Sequence[Path], check_crops: bool) -> np.ndarray:
+    """The aligned face of every image, as ``device_sdk enroll`` makes it (a photo: its one
+    face detected and aligned; a 112x112 image: an aligned crop, checked to look like a face
+    unless ``check_crops`` is false); a photo without a face or with several is refused."""
+    from export.faces import load_face_crop
+
+    return np.stack([load_face_crop(p, check_crops=check_crops) for p in paths])
 
 
 def _out(args: argparse.Namespace, obj: dict, text: str) -> None:
@@ -114,14 +124,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         name, sep, folder = spec.partition("=")
         if not sep or not name:
             raise ValueError(f"--enroll {spec!r}: expected NAME=FOLDER_OR_IMAGE")
-        enrolled[name] = _crops(_images_in(Path(folder)))
+        enrolled[name] = _face_crops(_images_in(Path(folder)), not args.unchecked_crops)
     held = labels = cohort = cohort_labels = None
     if args.heldout:
         files, labels = _heldout(Path(args.heldout))
-        held = _crops(files)
+        held = _face_crops(files, not args.unchecked_crops)
     if args.cohort:
         files, cohort_labels = _cohort(Path(args.cohort))
-        cohort = _crops(files)
+        cohort = _face_crops(files, not args.unchecked_crops)
     path, report = create_bundle(args.out, model=args.model, enrolled=enrolled, heldout=held,
                                  heldout_labels=labels, far_target=args.far,
                                  threshold=args.threshold, int8=args.int8,
@@ -201,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threshold", type=float, help="use this threshold, no calibration")
     b.add_argument("--int8", action="store_true", help="add a static int8 model")
     b.add_argument("--zip", action="store_true", help="also write BUNDLE.zip")
+    b.add_argument("--unchecked-crops", action="store_true",
+                   help="take 112x112 images as aligned crops without checking that they look "
+                        "like a face (a data set's crops); photos are always detected and "
+                        "aligned")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bundle)
     for name, fn in (("verify", cmd_verify), ("identify", cmd_identify)):

@@ -195,7 +195,8 @@ def test_export_cli_prints_the_report_and_refuses_without_force(world, model, tm
         d = tmp_path / "cohort" / f"c{world['cohort_labels'][k]:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{k}.png").write_bytes(encode_png(im))
-    base = ["bundle", "--model", str(model), *enroll]
+    # test patterns, not faces: taken as crops as they are
+    base = ["bundle", "--model", str(model), *enroll, "--unchecked-crops"]
     assert main([*base, "--cohort", str(tmp_path / "cohort"), "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "threshold" in out and "impostor pairs by source" in out and "cohort 1200" in out

@@ -350,7 +350,8 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
     r = run("bundle", "--model", str(exported["personalized"]), "--enroll",
             f"p0={tmp_path / 'enroll/p0'}", "--enroll", f"p1={tmp_path / 'enroll/p1'}",
             "--heldout", str(tmp_path / "held"), "--far", "0.2", "--out", str(b), "--json",
-            "--force")  # random weights: the guards refuse (tests/test_calibration.py)
+            "--force",  # random weights: the guards refuse (tests/test_calibration.py)
+            "--unchecked-crops")  # synthetic crops (about a third fail the face check)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["identities"] == 2 and rep["calibration"]["far_measured"] <= 0.2
@@ -367,7 +368,7 @@ def test_cli_bundle_verify_identify(exported, faces, tmp_path):
         bt = tmp_path / f"b{thr}"
         r = run("bundle", "--model", str(exported["personalized"]), "--enroll",
                 f"p0={tmp_path / 'enroll/p0'}", "--enroll", f"p1={tmp_path / 'enroll/p1'}",
-                "--threshold", thr, "--out", str(bt), "--force")
+                "--threshold", thr, "--out", str(bt), "--force", "--unchecked-crops")
         assert r.returncode == 0, r.stderr
         assert run("verify", str(bt), str(tmp_path / "held/p1/0.png"), "--as",
                    "p1", "--unchecked-crops").returncode == rc
@@ -394,3 +395,34 @@ def test_exif_orientation_is_applied_like_a_browser(tmp_path):
     shown = read_image(tmp_path / "phone.jpg")
     assert shown.shape == (100, 60, 3)  # displayed upright: portrait
     assert shown[:50].mean() > 200 and shown[50:].mean() < 50  # white half now on top
+
+
+def test_cli_bundle_detects_and_aligns_photos(exported, tmp_path):
+    """`python -m export bundle --enroll NAME=DIR` on photos: each photo's face is detected
+    and aligned as device_sdk enroll does it (the template equals the aligned face's embedding),
+    and a photo without a face is refused naming it."""
+    import os
+    import shutil
+
+    from export.bundle import Bundle
+    from export.cli import main
+    from fedfr.data import realphotos
+
+    if realphotos.missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"real photos not cached: {realphotos.missing()}")
+        pytest.skip("real photos not cached: bash scripts/setup.sh")
+    d = tmp_path / "obama"
+    d.mkdir()
+    shutil.copy(realphotos.real_photo("obama2"), d / "obama2.jpg")
+    out = tmp_path / "b"
+    assert main(["bundle", "--model", str(exported["personalized"]), "--enroll",
+                 f"obama={d}", "--threshold", "0.5", "--out", str(out), "--force"]) == 0
+    b = Bundle.load(out)
+    want = b.embed([d / "obama2.jpg"])[0]  # the photo's aligned face (export.faces)
+    np.testing.assert_allclose(b.templates[b.names.index("obama")], want, atol=1e-5)
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    shutil.copy(realphotos.real_photo("chelsea"), cat / "chelsea.png")
+    assert main(["bundle", "--model", str(exported["personalized"]), "--enroll",
+                 f"cat={cat}", "--threshold", "0.5", "--out", str(tmp_path / "c")]) == 1
