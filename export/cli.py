@@ -95,6 +95,11 @@ def _heldout(path: Path) -> tuple[list[Path], np.ndarray]:
     if len(subs) < 2:
         raise ValueError(f"{path}: --heldout needs a folder with one sub-folder of images per "
                          f"identity, at least two (impostor pairs calibrate the threshold)")
+    return _labelled(subs)
+
+
+def _labelled(subs: Sequence[Path]) -> tuple[list[Path], np.ndarray]:
+    """The images of identity sub-folders, labelled 0.. by folder."""
     files, labels = [], []
     for k, sub in enumerate(subs):
         f = _images_in(sub)
@@ -106,13 +111,7 @@ def _heldout(path: Path) -> tuple[list[Path], np.ndarray]:
 def _cohort(path: Path) -> tuple[list[Path], np.ndarray | None]:
     """Images of other people: a folder of identity sub-folders (labels known), or of images."""
     if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
-        subs = sorted(p for p in path.iterdir() if p.is_dir())
-        files, labels = [], []
-        for k, sub in enumerate(subs):
-            f = _images_in(sub)
-            files += f
-            labels += [k] * len(f)
-        return files, np.asarray(labels)
+        return _labelled(sorted(p for p in path.iterdir() if p.is_dir()))
     return _images_in(path), None
 
 
