@@ -7,7 +7,8 @@ same faces, boxes, scores and landmarks up to float rounding; the aligned crops 
 fedfr.data.align.align_face's; the page and ``python -m export verify`` give the same score on
 a photo. A cat, noise and a blank image are refused as "no face" in both; a 6-person photo
 asks the user to pick a face, and the picked face is enrolled. Screenshots of the three states
-are written to docs/img/.
+are written to runs/screenshots/ (to docs/img/ with ``FEDFR_DOC_SCREENSHOTS=1``: how the
+documentation's images are made).
 
 Uses the fixtures of tests/test_android_demo.py (chromium, the test bundle, the server); skipped
 like them without chromium or node_modules, and without the real-photo cache (failing when CI
@@ -18,6 +19,7 @@ is set).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,8 @@ from test_android_demo import (  # noqa: F401  (pytest fixtures, used by name)
     world,
 )
 
-DOCS_IMG = ROOT / "docs" / "img"
+# docs/img only on request: a test run does not rewrite the documentation's images
+DOCS_IMG = ROOT / ("docs/img" if os.environ.get("FEDFR_DOC_SCREENSHOTS") else "runs/screenshots")
 # photos for the detection parity (tom_hanks is a 112x112 crop: detected here, but taken as
 # an aligned crop as is when scored, like Python's prepare_face)
 PARITY = ("astronaut", "obama", "obama2", "obama3", "biden", "t1", "tom_hanks")

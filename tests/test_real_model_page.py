@@ -13,7 +13,8 @@ probes). In real Chromium at a phone viewport (the fixtures of tests/test_androi
 "no face" and nothing is scored; Obama enrolled again in the page from ``obama.jpg`` gives the
 same decisions. ``device_sdk verify`` and ``python -m export verify``
 decide the same with scores within 1e-3 of the page's. A screenshot of the accepted state is
-written to docs/img/page_real_model.png; the numbers to ``real_model_page.json`` in the pytest
+written to runs/screenshots/page_real_model.png (docs/img/ with ``FEDFR_DOC_SCREENSHOTS=1``); the
+numbers to ``real_model_page.json`` in the pytest
 tmp dir (printed with ``-s``).
 
 Measured (2 CPU cores): threshold 0.8780 (max of 8 cohort pairs); obama2 0.951, biden 0.818.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +46,8 @@ from test_android_demo import (  # noqa: F401  (pytest fixtures, used by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-SCREENSHOT = ROOT / "docs" / "img" / "page_real_model.png"
+SCREENSHOT = ROOT / ("docs/img" if os.environ.get("FEDFR_DOC_SCREENSHOTS")
+                     else "runs/screenshots") / "page_real_model.png"
 ENROLL = "obama"  # the bundle's one identity, enrolled from obama.jpg
 PROBES = {"obama2": True, "biden": False}  # photo -> accepted as obama?
 COHORT = ("t1_0", "t1_1", "t1_2", "t1_3", "t1_4", "t1_5", "tom_hanks", "eileen_collins")
