@@ -271,3 +271,30 @@ def test_real_photos_genuine_above_impostors(net):
                           crops, labels)
     assert r["genuine_pairs"] == 10 and r["impostor_pairs"] == 81
     assert r["separated"] and r["auc"] == 1.0, r
+
+
+def test_checkpoint_has_public_embeddings_and_thresholds(weights, tmp_path):
+    """fedfr import-dlib's checkpoint: dlib's weights, the public identities' mean embeddings
+    as public class embeddings, thresholds calibrated on those images, loadable as a
+    GlobalModel whose generic embedder is the network."""
+    import json
+
+    from fedfr.backbones.dlib_weights import save_dlib_checkpoint
+    from fedfr.checkpoint import read_checkpoint
+    from fedfr.data.synthetic import SyntheticFaces
+    from fedfr.train.recognizer import generic_embedder
+
+    ids = np.repeat(np.arange(4), 3)
+    images = SyntheticFaces(2).render(ids, np.tile(np.arange(3), 4))
+    out = save_dlib_checkpoint(tmp_path / "d.safetensors", images, ids, weights=weights)
+    model = GlobalModel.load(out)
+    assert model.arch == "dlib_r34" and model.public_embeddings.shape == (4, 128)
+    emb = generic_embedder(model)(images)
+    cent = np.stack([emb[ids == c].mean(0) for c in range(4)])
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    np.testing.assert_allclose(model.public_embeddings, cent, atol=1e-5)
+    meta = read_checkpoint(out).metadata
+    th = meta["fedfr.thresholds"]
+    th = json.loads(th) if isinstance(th, str) else th
+    assert set(th["far"]) == {"1e-01", "1e-02", "1e-03"} and th["pairs"] == 54
+    assert "import-dlib" in th["source"] and "sha256" in meta["source"]

@@ -218,13 +218,15 @@ def save_dlib_checkpoint(out: str | Path, public_images: np.ndarray | None = Non
     FedFR's local step needs the generic model's public class embeddings; a network trained
     elsewhere has none for *our* public identities, so they are computed here the way a
     prototype classifier would: each public identity's L2-normalized mean embedding by dlib's
-    network (of its ArcFace-aligned crops, reframed to dlib's chip). Without public images the
-    checkpoint has no public class embeddings (fine for export and evaluation, not for FedFR).
+    network (of its ArcFace-aligned crops, reframed to dlib's chip), and the model's
+    ``fedfr.thresholds`` (FAR 1e-1/1e-2/1e-3) are calibrated on the same images. Without public
+    images the checkpoint has neither (fine for export and evaluation, not for FedFR).
     """
     import torch
 
     from fedfr.checkpoint import save_checkpoint
     from fedfr.data.contract import DLIB_CONTRACT
+    from fedfr.evaluation import THRESHOLDS_KEY, model_thresholds, validation_report
     from fedfr.train.embedding import embed_images
 
     net = dlib_r34_backbone(weights)
@@ -244,6 +246,12 @@ def save_dlib_checkpoint(out: str | Path, public_images: np.ndarray | None = Non
         cent /= np.linalg.norm(cent, axis=1, keepdims=True)
         extra["head.public_class_embeddings"] = torch.from_numpy(cent.astype(np.float32))
         meta["public_class_embeddings"] = f"class means of {len(labels)} public images"
+        # the generic model's thresholds, calibrated where it is deployed from: these images
+        # (dlib's network never trained on them; another domain than real photos if synthetic)
+        meta[THRESHOLDS_KEY] = model_thresholds(
+            validation_report(emb, labels),
+            f"public images given to import-dlib: {len(labels)} images of {len(classes)} "
+            f"identities, not in dlib's training data")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, net.cpu(), arch="dlib_r34", embedding_size=128,
