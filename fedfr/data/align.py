@@ -65,9 +65,7 @@ DLIB_TEMPLATE_150.setflags(write=False)
 
 def arcface_template(size: int = 112) -> np.ndarray:
     """The template for a ``size x size`` crop: :data:`ARCFACE_TEMPLATE_112` * ``size / 112``."""
-    if int(size) != size or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    return ARCFACE_TEMPLATE_112 * (float(size) / 112.0)
+    return template_for("arcface", size)
 
 
 def template_for(alignment: str = "arcface", size: int = 112) -> np.ndarray:
