@@ -92,7 +92,7 @@ def reframe_matrices(src: tuple[str, int], dst: tuple[str, int]) -> tuple[np.nda
     degrees), so the warp is separable: ``out = A_h @ crop @ A_w.T`` per channel, with
     ``A_h (dst, src)`` for rows and ``A_w`` for columns. Sampling follows ``cv2.warpAffine``'s
     pixel convention (pixel centres at integer coordinates); samples outside the source crop
-    read 0 (black), so a looser framing than the source's gets black margins.
+    read 0 (black), so where the target framing reaches past the source's it gets black margins.
 
     Returns:
         float32 ``(A_h, A_w)``, each ``(dst_size, src_size)``.

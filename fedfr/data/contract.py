@@ -3,8 +3,8 @@
 arcface_torch's convention, used by training, evaluation, ONNX export metadata and the web demo:
 aligned 112x112 RGB faces, pixel values mapped by ``(x - 127.5) / 127.5`` to [-1, 1], laid out as
 NCHW float32 (:data:`ARCFACE_CONTRACT`). dlib's face-recognition network takes another crop
-(:data:`DLIB_CONTRACT`): a 150x150 chip with a looser framing (dlib's ``get_face_chip_details``
-with padding 0.25) and per-channel means, ``(x - mean_c) / 256``.
+(:data:`DLIB_CONTRACT`): a 150x150 chip framed its own way (the face higher in it; dlib's
+``get_face_chip_details`` with padding 0.25) and per-channel means, ``(x - mean_c) / 256``.
 
 ``alignment`` names the crop's geometry: where the five landmarks (eyes, nose tip, mouth
 corners) sit in it (:func:`fedfr.data.align.template_for`).

@@ -46,9 +46,10 @@ def to_model_frame(x: torch.Tensor, model_contract: InputContract) -> torch.Tens
     """float (N, 3, H, W) pixels of ArcFace-aligned crops -> the model's crop.
 
     The same size and geometry: unchanged. Another size, the same (ArcFace) geometry (the
-    64x64 CPU variants): antialiased bilinear resize. Another geometry (``dlib_r34``'s looser
-    150x150 chip): the crop is resampled into it (:func:`fedfr.data.align.reframe_matrices`,
-    bilinear, black where the chip reaches past the crop — its bottom ~12 %).
+    64x64 CPU variants): antialiased bilinear resize. Another geometry (``dlib_r34``'s 150x150
+    chip, the face higher in it): the crop is resampled into it
+    (:func:`fedfr.data.align.reframe_matrices`, bilinear, black where the chip reaches past the
+    crop — its bottom ~12 %).
     """
     if tuple(x.shape[-2:]) == model_contract.size and model_contract.alignment == "arcface":
         return x
